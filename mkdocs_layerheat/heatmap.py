@@ -1,0 +1,78 @@
+"""The `Heatmap`: one token-by-layer matrix and what it was computed from."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+NORMALIZATIONS = ("none", "global", "layer", "token")
+
+
+@dataclass
+class Heatmap:
+    """Raw metric values `[layers, tokens]` (bottom layer first) plus their labels.
+
+    Values are stored as computed; `normalized()` gives the 0-1 view a figure shows.
+    `NaN` marks a cell the metric does not define.
+    """
+
+    values: np.ndarray
+    tokens: list[str]
+    layers: list[int]
+    metric: str
+    model: str
+    special: list[bool] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.values = np.asarray(self.values, dtype=np.float32)
+        if not self.special:
+            self.special = [False] * len(self.tokens)
+        expected = (len(self.layers), len(self.tokens))
+        if self.values.shape != expected or len(self.special) != len(self.tokens):
+            raise ValueError(f"heatmap shape {self.values.shape} does not match {expected} (layers, tokens)")
+
+    def normalized(self, mode: str) -> np.ndarray:
+        """Values mapped to 0..1 over the whole matrix, per layer (row) or per token (column)."""
+        if mode == "none":
+            return self.values.copy()
+        axis = {"global": None, "layer": 1, "token": 0}[mode]
+        v = self.values.astype(np.float64)
+        with np.errstate(all="ignore"):
+            lo = np.nanmin(v, axis=axis, keepdims=True)
+            span = np.nanmax(v, axis=axis, keepdims=True) - lo
+            out = np.where(span > 0, (v - lo) / np.where(span > 0, span, 1), 0.0)
+        return np.where(np.isnan(v), np.nan, out).astype(np.float32)
+
+    def to_dict(self, normalize: str = "none") -> dict[str, Any]:
+        """The exchange format of `layerheat extract`: plain JSON types, `null` for NaN."""
+        values = self.normalized(normalize)
+        return {
+            "model": self.model,
+            "metric": self.metric,
+            "normalize": normalize,
+            "tokens": list(self.tokens),
+            "special": list(self.special),
+            "layers": list(self.layers),
+            "values": [[None if np.isnan(x) else float(x) for x in row] for row in values],
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Heatmap:
+        values = np.array([[np.nan if x is None else x for x in row] for row in data["values"]], dtype=np.float32)
+        return cls(
+            values=values.reshape(len(data["layers"]), len(data["tokens"])),
+            tokens=list(data["tokens"]),
+            layers=[int(x) for x in data["layers"]],
+            metric=data.get("metric", "unknown"),
+            model=data.get("model", "unknown"),
+            special=list(data.get("special") or []),
+            provenance=dict(data.get("provenance") or {}),
+        )
+
+    def to_json(self, normalize: str = "none") -> str:
+        return json.dumps(self.to_dict(normalize), ensure_ascii=False)

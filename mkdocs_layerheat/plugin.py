@@ -1,0 +1,131 @@
+"""MkDocs glue: plan every heatmap before pages render, swap each block for its figure, ship BokehJS once."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+
+from mkdocs.config import base
+from mkdocs.config import config_options as c
+from mkdocs.plugins import BasePlugin, get_plugin_logger
+from mkdocs.structure.files import File, Files
+
+from . import plan
+from .analysis import analyze
+from .directives import Block, find_blocks, replace_blocks
+from .render import ASSETS, Renderer, display_labels
+from .spec import HeatmapSpec, SpecError, parse_spec
+
+log = get_plugin_logger("layerheat")
+ASSET_DIR = "assets/layerheat"
+
+
+class LayerheatConfig(base.Config):
+    models = c.Type(dict, default={})
+    """Aliases: name -> local directory, .gguf file or hub id `owner/name[@revision]`."""
+    cache_dir = c.Type(str, default=".cache/layerheat")
+    """Where computed heatmaps are kept, relative to mkdocs.yml."""
+    device = c.Type(str, default="cpu")
+    """Torch device for extraction (`cpu`, `cuda`, `cuda:1`, `mps`)."""
+    enabled = c.Type(bool, default=True)
+    """When false, blocks render as a placeholder and no model is run."""
+    templates = c.Optional(c.Dir(exists=True))
+    """A folder of Jinja2 templates overriding the plugin's own (`heatmap.html`, `summary.html`, `error.html`)."""
+
+
+def _bokeh_js() -> Path:
+    import bokeh
+
+    return Path(bokeh.__file__).parent / "server" / "static" / "js" / "bokeh.min.js"
+
+
+class LayerheatPlugin(BasePlugin[LayerheatConfig]):
+    def on_config(self, config):
+        self.project_dir = Path(config.config_file_path or ".").resolve().parent
+        self.renderer = Renderer(self.config.templates)
+        self.outcomes: dict[HeatmapSpec, plan.Outcome] = {}
+        self.figures: dict[str, str] = {}  # placeholder -> HTML, filled per page
+        self.nonce = uuid.uuid4().hex[:12]
+        if self.config.enabled:
+            config.extra_javascript[:0] = [f"{ASSET_DIR}/bokeh.min.js", f"{ASSET_DIR}/layerheat.js"]
+            config.extra_css.append(f"{ASSET_DIR}/layerheat.css")
+        return config
+
+    def _settings(self) -> plan.Settings:
+        return plan.Settings(
+            aliases={str(k): str(v) for k, v in self.config.models.items()},
+            base_dir=self.project_dir,
+            cache_dir=self.project_dir / self.config.cache_dir,
+            device=self.config.device,
+        )
+
+    def on_files(self, files: Files, config) -> Files:
+        if not self.config.enabled:
+            return files
+        for name, source in (("bokeh.min.js", _bokeh_js()), ("layerheat.js", ASSETS / "layerheat.js"),
+                             ("layerheat.css", ASSETS / "layerheat.css")):
+            files.append(File.generated(config, f"{ASSET_DIR}/{name}", abs_src_path=str(source)))
+        specs = []
+        for file in files.documentation_pages():
+            for block in find_blocks(file.content_string):
+                try:
+                    specs.append(parse_spec(block.body, config.docs_dir))
+                except SpecError:
+                    pass  # reported with its page and line when the page renders
+        start = time.perf_counter()
+        self.outcomes = plan.run(specs, self._settings(), log)
+        computed = sum(o.computed for o in self.outcomes.values())
+        failed = sum(o.error is not None for o in self.outcomes.values())
+        log.info(
+            f"{len(self.outcomes)} heatmaps, {len(self.outcomes) - computed - failed} cached, "
+            f"{computed} computed, {failed} failed in {time.perf_counter() - start:.1f} s"
+        )
+        return files
+
+    def on_page_markdown(self, markdown: str, page, config, files) -> str:
+        blocks = find_blocks(markdown)
+        if not blocks:
+            return markdown
+        page_path = os.path.relpath(page.file.abs_src_path or page.file.src_uri, self.project_dir)
+        counter = iter(range(1, len(blocks) + 1))
+
+        def figure(block: Block) -> str:
+            number = next(counter)
+            placeholder = f"LAYERHEAT{self.nonce}X{len(self.figures)}X"
+            self.figures[placeholder] = self._figure_html(block, page_path, f"layerheat-{number}", config)
+            return placeholder
+
+        return replace_blocks(markdown, blocks, figure)
+
+    def _figure_html(self, block: Block, page_path: str, target_id: str, config) -> str:
+        where = f"{page_path}:{block.line}"
+        if not block.terminated:
+            return self._error(where, "unterminated layerheat fence (no closing ``` found)")
+        try:
+            spec = parse_spec(block.body, config.docs_dir)
+        except SpecError as exc:
+            return self._error(f"{page_path}:{block.line + (exc.line or 0)}", str(exc))
+        if not self.config.enabled:
+            return self.renderer.error(where, "heatmaps are disabled (plugin option enabled: false)")
+        outcome = self.outcomes.get(spec) or plan.run([spec], self._settings(), log)[spec]
+        if outcome.error:
+            return self._error(where, outcome.error)
+        heatmap = outcome.heatmap
+        values = heatmap.normalized(spec.normalize)
+        labels = display_labels(heatmap.tokens)
+        findings = analyze(heatmap, values, labels)
+        return self.renderer.figure(target_id, heatmap, values, labels, spec, findings)
+
+    def _error(self, where: str, message: str) -> str:
+        log.warning(f"{where}: {message}")
+        return self.renderer.error(where, message)
+
+    def on_page_content(self, html: str, page, config, files) -> str:
+        if f"LAYERHEAT{self.nonce}" not in html:
+            return html
+        token = rf"LAYERHEAT{self.nonce}X\d+X"
+        pattern = re.compile(rf"<p>\s*({token})\s*</p>|({token})")
+        return pattern.sub(lambda m: self.figures.pop(m.group(1) or m.group(2), m.group(0)), html)
