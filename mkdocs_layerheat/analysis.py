@@ -28,6 +28,7 @@ class TokenFinding:
     peak_layer: int  # where the token stands out most from the other tokens of that layer
     peak_value: float
     peak_z: float
+    peak_unit: float  # the peak on the 0-1 scale of the analysed tokens
     sustained: tuple[int, int] | None  # longest run of layers clearly above the others
 
     @property
@@ -90,13 +91,36 @@ def _longest_run(mask: np.ndarray) -> tuple[int, int] | None:
     return best
 
 
-def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str]) -> Findings:
-    """Findings for `values` (the figure's matrix, `[layers, tokens]`), with `labels` naming the tokens."""
-    v = values.astype(np.float64)
+def _unit(v: np.ndarray) -> np.ndarray:
     lo, hi = np.nanmin(v), np.nanmax(v)
-    unit = np.nan_to_num((v - lo) / (hi - lo) if hi > lo else np.zeros_like(v))  # 0-1 view for thresholds
+    return np.nan_to_num((v - lo) / (hi - lo) if hi > lo else np.zeros_like(v))
+
+
+def _dominant(v: np.ndarray) -> list[int]:
+    """Tokens whose mean over layers dwarfs the others' (attention sinks and the like), at most 3."""
+    means = _unit(v).mean(axis=0)
+    typical = np.median(means)
+    return [int(t) for t in np.argsort(-means)[:3] if means[t] > max(3 * typical, typical + 0.3)]
+
+
+def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str]) -> Findings:
+    """Findings for `values` (the figure's matrix, `[layers, tokens]`), with `labels` naming the tokens.
+
+    Tokens that dominate the whole figure are reported as anomalies, then set aside so that
+    bands and highlights describe the other tokens on their own scale.
+    """
+    v = values.astype(np.float64)
     layers = heatmap.layers
-    means = np.nanmean(v, axis=1)
+    token_means = np.nanmean(v, axis=0)
+    dominant = _dominant(v) if v.shape[1] > 3 else []
+    anomalies = [
+        Anomaly(t, labels[t], heatmap.special[t], float(token_means[t]), float(np.nanmedian(np.delete(token_means, dominant))))
+        for t in dominant
+    ]
+    kept = [t for t in range(v.shape[1]) if t not in dominant]
+    rest = v[:, kept]
+    unit = _unit(rest)  # 0-1 view for the thresholds
+    means = np.nanmean(rest, axis=1)
 
     kinds = _smooth([_layer_kind(row) for row in unit])
     bands: list[Band] = []
@@ -107,29 +131,22 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str]) -> Findings
             bands.append(Band(layers[i], layers[i], kind, 0.0))
     for band in bands:
         rows = [i for i, layer in enumerate(layers) if band.first_layer <= layer <= band.last_layer]
-        band.mean = float(np.nanmean(v[rows]))
+        band.mean = float(np.nanmean(rest[rows]))
 
     spread = unit.std(axis=1, keepdims=True)
     z = (unit - unit.mean(axis=1, keepdims=True)) / np.where(spread > 1e-9, spread, np.inf)
     tokens = []
-    for t, label in enumerate(labels):
-        peak = int(np.argmax(z[:, t]))
-        run = _longest_run(z[:, t] >= 1.0) if v.shape[1] > 2 else None
+    for column, t in enumerate(kept):
+        peak = int(np.argmax(z[:, column]))
+        run = _longest_run(z[:, column] >= 1.0) if len(kept) > 2 else None
         sustained = (layers[run[0]], layers[run[1]]) if run and run[1] - run[0] + 1 >= MIN_SUSTAINED else None
-        tokens.append(TokenFinding(t, label, layers[peak], float(v[peak, t]), float(z[peak, t]), sustained))
-    highlights = sorted((f for f in tokens if f.peak_z >= STANDS_OUT), key=lambda f: -f.peak_z)
-
-    anomalies = []  # tokens that dominate every layer (attention sinks and the like)
-    token_unit_means = unit.mean(axis=0)
-    token_means = np.nanmean(v, axis=0)
-    typical = np.median(token_unit_means)
-    for t in np.argsort(-token_unit_means)[:3]:
-        if token_unit_means[t] > max(3 * typical, typical + 0.3):
-            others = np.delete(token_means, t)
-            anomalies.append(Anomaly(int(t), labels[t], heatmap.special[t], float(token_means[t]), float(np.nanmedian(others))))
+        tokens.append(
+            TokenFinding(t, labels[t], layers[peak], float(v[peak, t]), float(z[peak, column]), float(unit[peak, column]), sustained)
+        )
+    highlights = sorted((f for f in tokens if f.peak_z >= STANDS_OUT and f.peak_unit >= LOW), key=lambda f: -f.peak_z)
     return Findings(
-        low=float(lo),
-        high=float(hi),
+        low=float(np.nanmin(v)),
+        high=float(np.nanmax(v)),
         raw_low=float(np.nanmin(heatmap.values)),
         raw_high=float(np.nanmax(heatmap.values)),
         layer_means=[float(m) for m in means],

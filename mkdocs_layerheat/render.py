@@ -56,7 +56,9 @@ def _palette() -> tuple[str, ...]:
 def figure_item(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: str, title: str) -> dict:
     """The Bokeh figure as a `json_item`, to embed with `Bokeh.embed.embed_item`."""
     from bokeh.embed import json_item
-    from bokeh.models import BasicTicker, ColorBar, ColumnDataSource, FixedTicker, HoverTool, LinearColorMapper
+    from bokeh.models import (
+        BasicTicker, ColorBar, ColumnDataSource, FixedTicker, HoverTool, LinearColorMapper, PrintfTickFormatter,
+    )
     from bokeh.plotting import figure
 
     n_layers, n_tokens = values.shape
@@ -98,8 +100,10 @@ def figure_item(heatmap: Heatmap, values: np.ndarray, labels: list[str], normali
     fig.axis.major_tick_line_color = None
     fig.axis.axis_line_color = None
     fig.outline_line_color = None
-    ticker = FixedTicker(ticks=[i / 5 for i in range(6)]) if normalize != "none" else BasicTicker()
-    fig.add_layout(ColorBar(color_mapper=mapper, ticker=ticker, width=12, title=metric), "right")
+    bar = ColorBar(color_mapper=mapper, width=12, title=metric, ticker=BasicTicker())
+    if normalize != "none":
+        bar.ticker, bar.formatter = FixedTicker(ticks=[i / 5 for i in range(6)]), PrintfTickFormatter(format="%.1f")
+    fig.add_layout(bar, "right")
     return json_item(fig)
 
 

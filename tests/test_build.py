@@ -1,0 +1,190 @@
+"""Real `mkdocs build` runs of a temporary site with the demo model (SmolLM2-135M-Instruct)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mkdocs_layerheat.cache import Cache
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / ".models" / "SmolLM2-135M-Instruct"
+TEXT = "A and B = 8 + 5 = 13. The final answer is \\\\boxed{(D)}"
+
+INDEX = f"""\
+# Index
+
+Some text before.
+
+```layerheat
+model: demo
+text: '{TEXT}'
+metric: attention
+normalize: global
+title: Where the model looks
+caption: Attention received per token.
+```
+
+```layerheat
+model: demo
+text: 'no metric like this'
+metric: atention
+```
+
+Some text after.
+"""
+
+NESTED = """\
+# Nested
+
+!!! note "Inside an admonition"
+
+    ```layerheat
+    model: demo
+    text_file: texts/sample.txt
+    metric: hidden-norm
+    normalize: layer
+    ```
+
+- a list item
+
+    ```layerheat
+    model: nowhere
+    text: hello
+    ```
+"""
+
+# A build in-process, then a report of which heavy modules it imported.
+PROBE = """
+import sys, json, logging
+logging.basicConfig(level=logging.INFO)
+from mkdocs.commands.build import build
+from mkdocs.config import load_config
+build(load_config(sys.argv[1]))
+print(json.dumps({m: m in sys.modules for m in ("torch", "transformers")}))
+"""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    if not (DEMO / "config.json").is_file():
+        pytest.fail(f"the demo model is missing at {DEMO}: run `make model` (make test does)")
+    root = tmp_path_factory.mktemp("site")
+    (root / "docs" / "texts").mkdir(parents=True)
+    (root / "docs" / "index.md").write_text(INDEX)
+    (root / "docs" / "nested.md").write_text(NESTED)
+    (root / "docs" / "texts" / "sample.txt").write_text("Hidden states grow as they travel up the stack.")
+    (root / "mkdocs.yml").write_text(
+        textwrap.dedent(
+            f"""\
+            site_name: test
+            markdown_extensions: [admonition]
+            plugins:
+              - layerheat:
+                  models:
+                    demo: {DEMO}
+            """
+        )
+    )
+    return root
+
+
+def build(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "-f", str(root / "mkdocs.yml"), *args],
+        capture_output=True, text=True, cwd=root, env={"NO_MKDOCS_2_WARNING": "1", "PATH": "/usr/bin:/bin"},
+    )
+
+
+def payloads(html: str) -> list[dict]:
+    found = re.findall(r'<script type="application/json" class="layerheat-item"[^>]*>(.*?)</script>', html, re.S)
+    return [json.loads(p) for p in found]
+
+
+def figure_columns(item: dict) -> dict:
+    """The data columns of the figure's ColumnDataSource, as lists."""
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("name") == "ColumnDataSource":
+                yield node["attributes"]["data"]
+            for value in node.values():
+                yield from walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from walk(value)
+    data = next(walk(item["doc"]))
+    return {entry[0]: entry[1] for entry in data["entries"]} if "entries" in data else data
+
+
+@pytest.fixture(scope="module")
+def first_build(site):
+    return build(site)
+
+
+def test_build_succeeds_and_reports_bad_blocks_by_page_and_line(first_build):
+    assert first_build.returncode == 0, first_build.stderr
+    log = first_build.stderr
+    assert "docs/index.md:17: unknown metric 'atention' (did you mean 'attention'?)" in log
+    assert "docs/nested.md:14: unknown model 'nowhere'" in log
+    assert "Traceback" not in log
+
+
+def test_page_has_an_offline_interactive_heatmap_with_summary(site, first_build):
+    html = (site / "site" / "index.html").read_text()
+    items = payloads(html)
+    assert len(items) == 1
+    assert 'class="layerheat-error' in html  # the bad block is an error box, the good one a figure
+    columns = figure_columns(items[0])
+    tokens = columns["token"]
+    assert tokens[:3] == ["A", "and", "B"]  # readable labels: no Ġ markers, no leading spaces
+    assert not any("Ġ" in t or "▁" in t for t in tokens)
+    assert "What is plotted." in html and "Trend by depth." in html
+    assert "Attention received per token." in html
+    # BokehJS is shipped once with the site, never from a CDN
+    assert (site / "site" / "assets" / "layerheat" / "bokeh.min.js").stat().st_size > 100_000
+    assert "assets/layerheat/bokeh.min.js" in html and "cdn.bokeh.org" not in html
+    assert "embed_item" in (site / "site" / "assets" / "layerheat" / "layerheat.js").read_text()
+
+
+def test_summary_states_facts_of_the_matrix(site, first_build):
+    """The layers named highest on average are the highest of the cached matrix, recomputed here."""
+    cache = Cache(site / ".cache" / "layerheat")
+    entries = [cache.get(p.stem) for p in (site / ".cache" / "layerheat").glob("*/*.npz")]
+    attention = next(h for h in entries if h is not None and h.metric == "attention")
+    values = attention.normalized("global").astype(np.float64)
+    col_means = values.mean(axis=0)
+    dominant = [t for t in np.argsort(-col_means)[:3]
+                if col_means[t] > max(3 * np.median(col_means), np.median(col_means) + 0.3)]
+    rest = np.delete(values, dominant, axis=1)
+    top = [attention.layers[i] for i in np.argsort(-rest.mean(axis=1))[:3]]
+    text = re.sub(r"<[^>]+>", "", (site / "site" / "index.html").read_text())
+    stated = re.search(r"The highest layers on average are ((?:\d+ \([-\d.e]+\)(?:, )?)+)", text).group(1)
+    assert [int(x) for x in re.findall(r"(\d+) \(", stated)] == top
+
+
+def test_nested_blocks_render(site, first_build):
+    html = (site / "site" / "nested" / "index.html").read_text()
+    assert len(payloads(html)) == 1
+    assert "layerheat-error" in html  # the unknown model inside the list item
+
+
+def test_cached_rebuild_imports_neither_torch_nor_transformers(site, first_build):
+    probe = subprocess.run(
+        [sys.executable, "-c", PROBE, str(site / "mkdocs.yml")], capture_output=True, text=True, cwd=site
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert json.loads(probe.stdout.strip().splitlines()[-1]) == {"torch": False, "transformers": False}
+    assert "0 computed" in probe.stderr
+
+
+def test_strict_build_fails_listing_every_bad_block(site, first_build):
+    result = build(site, "--strict")
+    assert result.returncode != 0
+    assert "docs/index.md:17:" in result.stderr and "docs/nested.md:14:" in result.stderr
