@@ -7,7 +7,16 @@ from dataclasses import dataclass
 from typing import Callable
 
 _OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*layerheat[ \t]*$")
-_ANY_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})")
+_ANY_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}(?=[^`]*$)|~{3,})")  # a backtick fence's info has no `
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
+def _lines(markdown: str) -> list[str]:
+    """The lines of a page with their line breaks: split at LF, CRLF and CR only, as Markdown counts lines.
+
+    (`str.splitlines` also splits at form feeds, U+2028 and other characters that are text in Markdown.)
+    """
+    return _LINE.findall(markdown)
 
 
 @dataclass(frozen=True)
@@ -30,7 +39,7 @@ def _closes(line: str, indent: str, fence: str) -> bool:
 
 def find_blocks(markdown: str) -> list[Block]:
     """Every layerheat fence of a page, skipping those inside other fenced code blocks."""
-    lines = markdown.splitlines()
+    lines = [line.rstrip("\r\n") for line in _lines(markdown)]
     blocks, i = [], 0
     while i < len(lines):
         opening = _ANY_OPEN.match(lines[i])
@@ -54,8 +63,9 @@ def _dedent(line: str, indent: str) -> str:
 
 def replace_blocks(markdown: str, blocks: list[Block], replacement: Callable[[Block], str]) -> str:
     """Swap each block (fences included) for `replacement(block)`, indented like the fence."""
-    lines = markdown.splitlines(keepends=True)
+    lines = _lines(markdown)
     for block in sorted(blocks, key=lambda b: b.line, reverse=True):
-        newline = "\n" if lines[block.end - 1].endswith("\n") else ""
+        last = lines[block.end - 1]
+        newline = last[len(last.rstrip("\r\n")) :]  # the closing line's own line break, if any
         lines[block.line - 1 : block.end] = [block.indent + replacement(block) + newline]
     return "".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,8 @@ class Heatmap:
             return self.values.copy()
         axis = {"global": None, "layer": 1, "token": 0}[mode]
         v = self.values.astype(np.float64)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN row or column stays NaN
             lo = np.nanmin(v, axis=axis, keepdims=True)
             span = np.nanmax(v, axis=axis, keepdims=True) - lo
             out = np.where(span > 0, (v - lo) / np.where(span > 0, span, 1), 0.0)

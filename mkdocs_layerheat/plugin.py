@@ -109,7 +109,7 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
         except SpecError as exc:
             return self._error(f"{page_path}:{block.line + (exc.line or 0)}", str(exc))
         if not self.config.enabled:
-            return self.renderer.error(where, "heatmaps are disabled (plugin option enabled: false)")
+            return self.renderer.placeholder(spec)
         outcome = self.outcomes.get(spec) or plan.run([spec], self._settings(), log)[spec]
         if outcome.error:
             return self._error(where, outcome.error)

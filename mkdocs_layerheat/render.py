@@ -148,5 +148,8 @@ class Renderer:
             summary=self.summary(heatmap, findings, spec.normalize),
         )
 
+    def placeholder(self, spec) -> str:
+        return self.env.get_template("placeholder.html").render(spec=spec)
+
     def error(self, where: str, message: str) -> str:
         return self.env.get_template("error.html").render(where=where, message=message)

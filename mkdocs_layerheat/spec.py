@@ -43,11 +43,17 @@ def _did_you_mean(word: str, choices) -> str:
 
 
 def _key_lines(body: str) -> dict[str, int]:
-    """1-based line of each top-level key, for messages that point at the offending key."""
+    """1-based line of each top-level key, for messages that point at the offending key; rejects duplicates."""
     node = yaml.compose(body, Loader=yaml.SafeLoader)
     if not isinstance(node, yaml.MappingNode):
         return {}
-    return {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+    lines: dict[str, int] = {}
+    for key, _ in node.value:
+        if isinstance(key, yaml.ScalarNode):
+            if key.value in lines:
+                raise SpecError(f"duplicate key '{key.value}'", key.start_mark.line + 1)
+            lines[key.value] = key.start_mark.line + 1
+    return lines
 
 
 def parse_spec(body: str, docs_dir: str | Path | None = None) -> HeatmapSpec:

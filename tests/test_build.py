@@ -188,3 +188,33 @@ def test_strict_build_fails_listing_every_bad_block(site, first_build):
     result = build(site, "--strict")
     assert result.returncode != 0
     assert "docs/index.md:17:" in result.stderr and "docs/nested.md:14:" in result.stderr
+
+
+def test_disabled_plugin_renders_placeholders_without_a_model(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "index.md").write_text(INDEX.split("```layerheat\nmodel: demo\ntext: 'no")[0])
+    (tmp_path / "mkdocs.yml").write_text(
+        "site_name: t\nplugins:\n  - layerheat:\n      enabled: false\n      models: {demo: /nonexistent}\n"
+    )
+    result = build(tmp_path, "--strict")
+    assert result.returncode == 0, result.stderr
+    html = (tmp_path / "site" / "index.html").read_text()
+    assert "layerheat-placeholder" in html and not payloads(html)
+    assert not (tmp_path / ".cache").exists()
+
+
+def test_extract_command_writes_the_documented_json(tmp_path):
+    out = tmp_path / "heatmap.json"
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "layerheat"), "extract", "--model", str(DEMO), "--text", "Paris is big",
+         "--metric", "hidden-norm", "--normalize", "token", "-o", str(out)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["metric"] == "hidden-norm" and data["normalize"] == "token"
+    assert data["layers"] == list(range(1, 31))
+    values = np.array(data["values"])
+    assert values.shape == (30, len(data["tokens"]))
+    np.testing.assert_allclose(values.max(axis=0), 1.0)  # each token (column) scaled to 0..1
+    np.testing.assert_allclose(values.min(axis=0), 0.0)

@@ -1,0 +1,266 @@
+"""`parse_spec`: defaults, and every error with its message and (body-relative, 1-based) line."""
+
+from __future__ import annotations
+
+import pytest
+
+from mkdocs_layerheat.spec import DEFAULT_MAX_TOKENS, HeatmapSpec, SpecError, parse_spec
+
+
+def error(body: str, docs_dir=None) -> SpecError:
+    with pytest.raises(SpecError) as info:
+        parse_spec(body, docs_dir)
+    return info.value
+
+
+# --------------------------------------------------------------------------- valid specs
+
+
+def test_minimal_spec_gets_defaults():
+    spec = parse_spec("model: tiny\ntext: Hello world\n")
+    assert spec == HeatmapSpec(
+        model="tiny",
+        text="Hello world",
+        metric="attention",
+        normalize="global",
+        title="",
+        caption="",
+        text_file=None,
+        max_tokens=4096,
+    )
+    assert DEFAULT_MAX_TOKENS == 4096
+
+
+def test_every_key_given():
+    body = (
+        "model: ./models/x\n"
+        "text: 'A and B = 8 + 5 = 13.'\n"
+        "metric: hidden-norm\n"
+        "normalize: token\n"
+        "title: Norms\n"
+        "caption: per token\n"
+        "max_tokens: 64\n"
+    )
+    spec = parse_spec(body)
+    assert (spec.model, spec.text, spec.metric, spec.normalize) == ("./models/x", "A and B = 8 + 5 = 13.", "hidden-norm", "token")
+    assert (spec.title, spec.caption, spec.max_tokens, spec.text_file) == ("Norms", "per token", 64, None)
+
+
+@pytest.mark.parametrize("mode", ["none", "global", "layer", "token"])
+def test_each_normalization_is_accepted(mode):
+    assert parse_spec(f"model: m\ntext: t\nnormalize: {mode}").normalize == mode
+
+
+def test_block_scalar_text_is_kept_verbatim():
+    spec = parse_spec("model: m\ntext: |\n  line one\n  line two\n")
+    assert spec.text == "line one\nline two\n"
+
+
+def test_non_string_scalars_become_strings():
+    spec = parse_spec("model: 7\ntext: 13\ntitle: 2.5")
+    assert (spec.model, spec.text, spec.title) == ("7", "13", "2.5")
+
+
+def test_spec_is_hashable():
+    a = parse_spec("model: m\ntext: t")
+    b = parse_spec("text: t\nmodel: m\n")
+    assert a == b and hash(a) == hash(b)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "body, line",
+    [
+        ("model: m\ntext: t\nmetric: \"attention", 3),  # unterminated quote
+        ("model: m\n\ttext: t", 2),  # tab indentation
+        ("# a comment\n\nmodel: m\ntext: t\ncaption: [a, b", 5),  # unterminated flow sequence
+        ("model: m\n  text: t\n x: y", 2),
+    ],
+)
+def test_invalid_yaml_reports_its_line(body, line):
+    exc = error(body)
+    assert str(exc).startswith("invalid YAML")
+    assert exc.line == line
+
+
+@pytest.mark.parametrize("body, kind", [("- model: m\n- text: t", "list"), ("just a sentence", "str"), ("42", "int")])
+def test_body_must_be_a_mapping(body, kind):
+    exc = error(body)
+    assert "mapping" in str(exc) and kind in str(exc)
+    assert exc.line is None
+
+
+@pytest.mark.parametrize("body", ["", "\n\n", "# only a comment\n"])
+def test_empty_body(body):
+    exc = error(body)
+    assert "empty" in str(exc)
+
+
+def test_unknown_key_did_you_mean_and_line():
+    exc = error("model: m\ntext: t\n\nmetirc: attention\n")
+    assert "unknown key 'metirc'" in str(exc)
+    assert "did you mean 'metric'" in str(exc)
+    assert exc.line == 4
+
+
+def test_unknown_key_without_a_close_match():
+    exc = error("model: m\ntext: t\ncolour: red")
+    assert "unknown key 'colour'" in str(exc)
+    assert "did you mean" not in str(exc)
+    assert exc.line == 3
+
+
+def test_unknown_key_text_file_typo():
+    exc = error("model: m\ntextfile: a.txt")
+    assert "did you mean 'text_file'" in str(exc)
+    assert exc.line == 2
+
+
+def test_unknown_metric_did_you_mean():
+    exc = error("model: m\ntext: t\nmetric: atention")
+    assert "unknown metric 'atention'" in str(exc)
+    assert "did you mean 'attention'" in str(exc)
+    assert exc.line == 3
+
+
+def test_unknown_metric_hidden_norm_typo():
+    exc = error("model: m\nmetric: hidden_norm\ntext: t")
+    assert "did you mean 'hidden-norm'" in str(exc)
+    assert exc.line == 2
+
+
+def test_bad_normalize():
+    exc = error("model: m\ntext: t\nnormalize: globl")
+    assert "unknown normalize 'globl'" in str(exc)
+    assert "did you mean 'global'" in str(exc)
+    for mode in ("none", "global", "layer", "token"):
+        assert mode in str(exc).split("one of:")[1]
+    assert exc.line == 3
+
+
+@pytest.mark.parametrize("body", ["text: hello", "model:\ntext: hello", "model: ''\ntext: hello"])
+def test_missing_model(body):
+    exc = error(body)
+    assert "missing 'model'" in str(exc)
+
+
+@pytest.mark.parametrize("body, line", [("model: m", None), ("model: m\ntext: ''", 2), ("model: m\ntext: '   \n  '", 2), ("model: m\ntext:", 2)])
+def test_missing_or_empty_text(body, line):
+    exc = error(body)
+    assert "missing or empty 'text'" in str(exc)
+    assert exc.line == line
+
+
+@pytest.mark.parametrize("key, value", [("model", "[a, b]"), ("text", "{a: 1}"), ("title", "true"), ("metric", "[attention]")])
+def test_non_string_values(key, value):
+    other = {"model": "m", "text": "t"}
+    other.pop(key, None)
+    body = "".join(f"{k}: {v}\n" for k, v in other.items()) + f"{key}: {value}\n"
+    exc = error(body)
+    assert f"'{key}' must be a string" in str(exc)
+    assert exc.line == len(other) + 1
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many", "1.5", "true"])
+def test_bad_max_tokens(value):
+    exc = error(f"model: m\ntext: t\nmax_tokens: {value}")
+    assert "'max_tokens' must be a positive integer" in str(exc)
+    assert exc.line == 3
+
+
+# --------------------------------------------------------------------------- text_file
+
+
+@pytest.fixture
+def docs(tmp_path):
+    docs = tmp_path / "docs"
+    (docs / "texts").mkdir(parents=True)
+    (docs / "texts" / "sample.txt").write_text("Résumé: naïve café, 13 tokens.\n", encoding="utf-8")
+    (tmp_path / "secret.txt").write_text("outside the docs\n", encoding="utf-8")
+    return docs
+
+
+def test_both_text_and_text_file(docs):
+    exc = error("model: m\ntext: t\ntext_file: texts/sample.txt", docs)
+    assert "either 'text' or 'text_file'" in str(exc)
+    assert exc.line == 3
+
+
+def test_text_file_resolved_inside_docs_dir(docs):
+    spec = parse_spec("model: m\ntext_file: texts/sample.txt", docs)
+    assert spec.text == "Résumé: naïve café, 13 tokens.\n"
+    assert spec.text_file == "texts/sample.txt"
+
+
+def test_text_file_with_dot_dot_that_stays_inside(docs):
+    spec = parse_spec("model: m\ntext_file: texts/../texts/sample.txt", str(docs))
+    assert spec.text.startswith("Résumé")
+
+
+def test_text_file_relative_to_docs_dir_not_cwd(docs, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "sample.txt").write_text("wrong file", encoding="utf-8")
+    assert parse_spec("model: m\ntext_file: texts/sample.txt", docs).text.startswith("Résumé")
+
+
+@pytest.mark.parametrize("name", ["../secret.txt", "texts/../../secret.txt"])
+def test_text_file_outside_docs_dir_relative(docs, name):
+    exc = error(f"model: m\ntext_file: '{name}'", docs)
+    assert "outside docs_dir" in str(exc)
+    assert exc.line == 2
+
+
+def test_text_file_outside_docs_dir_absolute(docs, tmp_path):
+    exc = error(f"model: m\ntext_file: '{tmp_path / 'secret.txt'}'", docs)
+    assert "outside docs_dir" in str(exc)
+    assert exc.line == 2
+
+
+def test_text_file_absolute_inside_docs_dir_is_allowed(docs):
+    spec = parse_spec(f"model: m\ntext_file: '{docs / 'texts' / 'sample.txt'}'", docs)
+    assert spec.text.startswith("Résumé")
+
+
+def test_text_file_symlink_escaping_docs_dir(docs, tmp_path):
+    (docs / "link.txt").symlink_to(tmp_path / "secret.txt")
+    exc = error("model: m\ntext_file: link.txt", docs)
+    assert "outside docs_dir" in str(exc)
+
+
+def test_missing_text_file(docs):
+    exc = error("model: m\ntitle: x\ntext_file: texts/nope.txt", docs)
+    assert "not found" in str(exc) and "nope.txt" in str(exc)
+    assert exc.line == 3
+
+
+def test_text_file_that_is_a_directory(docs):
+    exc = error("model: m\ntext_file: texts", docs)
+    assert "cannot be read" in str(exc)
+
+
+def test_non_utf8_text_file(docs):
+    (docs / "latin1.txt").write_bytes("café naïve".encode("latin-1"))
+    exc = error("model: m\ntext_file: latin1.txt", docs)
+    assert "not UTF-8" in str(exc)
+    assert exc.line == 2
+
+
+def test_empty_text_file(docs):
+    (docs / "empty.txt").write_text("  \n", encoding="utf-8")
+    exc = error("model: m\ntext_file: empty.txt", docs)
+    assert "missing or empty" in str(exc)
+
+
+def test_text_file_without_docs_dir():
+    exc = error("model: m\ntext_file: a.txt", None)
+    assert "docs directory" in str(exc)
+    assert exc.line == 2
+
+
+def test_duplicate_key_is_an_error_at_its_second_line():
+    with pytest.raises(SpecError, match="duplicate key 'model'") as info:
+        parse_spec("model: a\ntext: hi\nmodel: b\n")
+    assert info.value.line == 3
