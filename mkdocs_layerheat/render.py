@@ -63,13 +63,13 @@ def figure_item(heatmap: Heatmap, values: np.ndarray, labels: list[str], normali
 
     n_layers, n_tokens = values.shape
     xs, ys = np.meshgrid(np.arange(n_tokens), np.arange(n_layers))
-    source = ColumnDataSource(
+    source = ColumnDataSource(  # numpy columns travel as base64 typed arrays, not JSON lists of floats
         {
-            "x": xs.ravel().tolist(),
-            "layer": [heatmap.layers[i] for i in ys.ravel()],
+            "x": xs.ravel().astype(np.int32),
+            "layer": np.asarray(heatmap.layers, dtype=np.int32)[ys.ravel()],
             "token": [labels[i] for i in xs.ravel()],
-            "value": [float(x) for x in values.ravel()],
-            "raw": [float(x) for x in heatmap.values.ravel()],
+            "value": values.ravel().astype(np.float32),
+            "raw": heatmap.values.ravel().astype(np.float32),
         }
     )
     low, high = (0.0, 1.0) if normalize != "none" else (float(np.nanmin(values)), float(np.nanmax(values)))
