@@ -40,9 +40,10 @@ def extract(loaded: LoadedModel, text: str, metrics: list[str], max_tokens: int 
     errors: list[Exception] = []
 
     def hook_for(name: str, layer: int):
-        def hook(module, args, output):
+        def hook(module, args, kwargs, output):
+            hidden_in = args[0] if args else kwargs.get("hidden_states")
             try:
-                rows[name][layer] = METRICS[name].reduce(output, loaded.causal).detach().cpu().numpy()
+                rows[name][layer] = METRICS[name].reduce(hidden_in, output, loaded.causal).detach().cpu().numpy()
             except MetricError as exc:
                 errors.append(exc)
 
@@ -54,7 +55,7 @@ def extract(loaded: LoadedModel, text: str, metrics: list[str], max_tokens: int 
             for layer, module in enumerate(sites):
                 if module is None:
                     raise ExtractionError(f"metric '{name}': no attention module found in block {layer + 1}")
-                handles.append(module.register_forward_hook(hook_for(name, layer)))
+                handles.append(module.register_forward_hook(hook_for(name, layer), with_kwargs=True))
         device = next(loaded.model.parameters()).device
         with torch.inference_mode():
             loaded.model(input_ids=torch.tensor([ids], device=device), use_cache=False)

@@ -257,3 +257,34 @@ def test_resolve_local_model_dir(tiny_model, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(models.ModelError, match="no config.json"):
         models.resolve(str(tmp_path / "empty"))
+
+
+# --------------------------------------------------------------------------- update and attention-entropy
+
+
+def test_update_matches_reference(tiny_model, loaded, reference_model):
+    _, hidden = reference_outputs(reference_model, reference_ids(tiny_model), tie_last=False)
+    expected = np.array(
+        [
+            [1 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) for a, b in zip(before, after)]
+            for before, after in zip(hidden[:-1], hidden[1:])
+        ]
+    )
+    got = extract(loaded, SAMPLE_TEXT, ["update"])["update"]
+    assert got.values.shape == expected.shape
+    np.testing.assert_allclose(got.values, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_attention_entropy_matches_reference(tiny_model, loaded, reference_model):
+    attentions, _ = reference_outputs(reference_model, reference_ids(tiny_model))
+    layers, heads, T, _ = attentions.shape
+    expected = np.zeros((layers, T))
+    for layer in range(layers):
+        for i in range(T):
+            expected[layer, i] = np.mean(
+                [-sum(p * np.log(p) for p in attentions[layer, h, i] if p > 0) for h in range(heads)]
+            )
+    got = extract(loaded, SAMPLE_TEXT, ["attention-entropy"])["attention-entropy"]
+    np.testing.assert_allclose(got.values, expected, rtol=1e-4, atol=1e-6)
+    if tiny_model.causal:  # the first query sees only itself: a distribution with zero entropy
+        np.testing.assert_allclose(got.values[:, 0], 0.0, atol=1e-6)
