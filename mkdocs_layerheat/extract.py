@@ -8,7 +8,7 @@ import numpy as np
 
 from .heatmap import Heatmap
 from .metrics import METRICS, MetricError
-from .models import LoadedModel
+from .models import LoadedModel, first_line
 
 
 class ExtractionError(Exception):
@@ -62,8 +62,7 @@ def extract(loaded: LoadedModel, text: str, metrics: list[str], max_tokens: int 
     except ExtractionError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExtractionError(f"forward pass failed: {first}") from exc
+        raise ExtractionError(f"forward pass failed: {first_line(exc)}") from exc
     finally:
         for handle in handles:
             handle.remove()

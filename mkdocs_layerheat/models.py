@@ -129,8 +129,11 @@ class LoadedModel:
     attentions: list[Any]
 
 
-def load(ref: ModelRef, device: str = "cpu", eager_attention: bool = True) -> LoadedModel:
-    """Load weights and tokenizer in float32, in eval mode, with blocks and attention modules located."""
+def load(ref: ModelRef, device: str = "cpu", eager_attention: bool = True, converted: Path | None = None) -> LoadedModel:
+    """Load weights and tokenizer in float32, in eval mode, with blocks and attention modules located.
+
+    A .gguf model is dequantised once into `converted` (when given) and loaded from there afterwards.
+    """
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -138,7 +141,14 @@ def load(ref: ModelRef, device: str = "cpu", eager_attention: bool = True) -> Lo
     hf_logging.disable_progress_bar()  # one log line per model is ours to print
     kwargs: dict[str, Any] = {}
     location = ref.location
-    if ref.kind == "gguf":
+    if ref.kind == "gguf" and converted is not None:
+        if not (converted / "config.json").is_file():
+            try:
+                convert_gguf(ref.location, converted)
+            except Exception as exc:
+                raise ModelError(f"cannot convert model '{ref}': {first_line(exc)}") from None
+        location = str(converted)
+    elif ref.kind == "gguf":
         location, kwargs["gguf_file"] = str(Path(ref.location).parent), Path(ref.location).name
     if ref.revision:
         kwargs["revision"] = ref.revision
@@ -153,11 +163,14 @@ def load(ref: ModelRef, device: str = "cpu", eager_attention: bool = True) -> Lo
         )
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load model '{ref}': {first}") from None
+        raise ModelError(f"cannot load model '{ref}': {first_line(exc)}") from None
     model.to(device).eval()
     blocks, attentions = locate(model)
     return LoadedModel(ref, model, tokenizer, causal, blocks, attentions)
+
+
+def first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def locate(model: Any) -> tuple[list[Any], list[Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -57,13 +58,13 @@ def run(specs: list[HeatmapSpec], settings: Settings, log=_log) -> dict[HeatmapS
     if misses:
         with cache.lock():
             for ref, todo in misses.items():
-                _compute_model(ref, todo, keys, cache, settings, outcomes, log)
+                _compute_model(ref, todo, keys, cache, settings, outcomes, log, fingerprints[ref])
     for problem in dict.fromkeys(cache.problems):
         log.warning(problem)
     return outcomes
 
 
-def _compute_model(ref, specs, keys, cache: Cache, settings: Settings, outcomes, log) -> None:
+def _compute_model(ref, specs, keys, cache: Cache, settings: Settings, outcomes, log, fingerprint: str) -> None:
     """Load one model, run every missing text through it (one pass per text for all its metrics), free it."""
     from .extract import ExtractionError, extract
     from .models import load
@@ -80,7 +81,8 @@ def _compute_model(ref, specs, keys, cache: Cache, settings: Settings, outcomes,
     start = time.perf_counter()
     try:
         eager = any(METRICS[s.metric].site == "attention" for s in pending)
-        loaded = load(ref, settings.device, eager_attention=eager)
+        converted = settings.cache_dir / "converted" / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+        loaded = load(ref, settings.device, eager_attention=eager, converted=converted)
     except ModelError as exc:
         for spec in pending:
             outcomes[spec] = Outcome(error=str(exc))
