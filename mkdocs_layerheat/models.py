@@ -183,17 +183,17 @@ def locate(model: Any) -> tuple[list[Any], list[Any]]:
 
     n_layers = model.config.get_text_config().num_hidden_layers
     record = getattr(model, "_can_record_outputs", None) or {}
-    blocks = _matching(model, record.get("hidden_states"))
+    blocks = [module for _, module in _matching(model, record.get("hidden_states"))]
     if len(blocks) != n_layers:
         lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
-        blocks = [(None, b) for b in max(lists, key=len, default=[])]
+        blocks = list(max(lists, key=len, default=[]))
     attentions = []
-    for name, block in blocks:
-        found = _matching(block, record.get("attentions"))
-        if not found:
-            found = [(n, m) for n, m in block.named_modules() if type(m).__name__.endswith("Attention") and "cross" not in n.lower()]
+    for block in blocks:
+        found = _matching(block, record.get("attentions")) or [
+            (n, m) for n, m in block.named_modules() if type(m).__name__.endswith("Attention") and "cross" not in n.lower()
+        ]
         attentions.append(found[0][1] if found else None)
-    return [b for _, b in blocks], attentions
+    return blocks, attentions
 
 
 def _matching(root: Any, spec: Any) -> list[tuple[str, Any]]:
