@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -64,16 +65,8 @@ class Cache:
     def put(self, key: str, heatmap: Heatmap) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta: dict[str, Any] = {
-            "format": FORMAT,
-            "key": key,
-            "tokens": heatmap.tokens,
-            "layers": heatmap.layers,
-            "metric": heatmap.metric,
-            "model": heatmap.model,
-            "special": heatmap.special,
-            "provenance": heatmap.provenance,
-        }
+        meta: dict[str, Any] = {"format": FORMAT, "key": key}
+        meta.update((f.name, getattr(heatmap, f.name)) for f in fields(heatmap) if f.name != "values")
         encoded = np.frombuffer(json.dumps(meta, ensure_ascii=False).encode("utf-8"), dtype=np.uint8)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         try:
