@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
 from dataclasses import fields
+from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -30,9 +32,31 @@ def library_versions() -> dict[str, str]:
     return {name: _version(name) for name in ("mkdocs-layerheat", "transformers", "torch")}
 
 
+@lru_cache(maxsize=None)
+def source_hash(*paths: Path) -> str:
+    """A hash of source files, so that a change of the code (not only of its version) invalidates entries."""
+    digest = hashlib.sha256()
+    for path in paths:
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if file.is_file() and file.suffix in (".py", ".html", ".md", ".js", ".css", ".jinja"):
+                digest.update(file.name.encode() + file.read_bytes())
+    return digest.hexdigest()
+
+
+_PACKAGE = Path(__file__).parent
+NUMERIC_SOURCES = [_PACKAGE / name for name in ("metrics.py", "extract.py", "models.py")]
+
+
 def cache_key(model_fingerprint: str, text: str, metric: str) -> str:
     """Everything that determines the raw values (normalisation and styling are applied later)."""
-    material = {"format": FORMAT, "model": model_fingerprint, "text": text, "metric": metric, **library_versions()}
+    material = {
+        "format": FORMAT,
+        "model": model_fingerprint,
+        "text": text,
+        "metric": metric,
+        "code": source_hash(*NUMERIC_SOURCES),
+        **library_versions(),
+    }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
@@ -47,6 +71,39 @@ class Cache:
     def lock(self) -> FileLock:
         self.directory.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.directory / ".lock"))
+
+    def manifest(self) -> dict[str, str]:
+        """Model reference -> the fingerprint it had when its entries were computed."""
+        try:
+            return dict(json.loads((self.directory / "manifest.json").read_text(encoding="utf-8"))["models"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+
+    def save_manifest(self, models: dict[str, str]) -> None:
+        try:
+            _write_atomic(self.directory / "manifest.json", json.dumps({"models": models}, indent=1).encode())
+        except OSError:
+            pass  # only a convenience for caches handed to machines without the model
+
+    def converted_dir(self, model_fingerprint: str) -> Path:
+        """Where a .gguf model with this fingerprint is kept dequantised."""
+        return self.directory / "converted" / hashlib.sha256(model_fingerprint.encode()).hexdigest()[:16]
+
+    def entries(self) -> list[Path]:
+        return sorted(self.directory.glob("??/*.npz"))
+
+    def get_rendered(self, key: str) -> str | None:
+        """HTML rendered earlier for the same values and rendering options (a warm build skips Bokeh)."""
+        try:
+            return (self.directory / "rendered" / f"{key}.html").read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def put_rendered(self, key: str, html: str) -> None:
+        try:
+            _write_atomic(self.directory / "rendered" / f"{key}.html", html.encode("utf-8"))
+        except OSError:
+            pass  # rendering again next time is the only cost
 
     def get(self, key: str) -> Heatmap | None:
         path = self._path(key)
@@ -64,17 +121,24 @@ class Cache:
 
     def put(self, key: str, heatmap: Heatmap) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta: dict[str, Any] = {"format": FORMAT, "key": key}
         meta.update((f.name, getattr(heatmap, f.name)) for f in fields(heatmap) if f.name != "values")
         encoded = np.frombuffer(json.dumps(meta, ensure_ascii=False).encode("utf-8"), dtype=np.uint8)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, values=heatmap.values, meta=encoded)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        np.savez(buffer, values=heatmap.values, meta=encoded)
+        _write_atomic(path, buffer.getvalue())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

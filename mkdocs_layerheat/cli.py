@@ -54,3 +54,111 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
     from .models import convert_gguf as convert
 
     click.echo(f"converted to {convert(gguf_file, out_dir)}")
+
+
+def _site(config_file: Path):
+    """The plan settings and every valid spec of the site that `config_file` describes."""
+    from mkdocs.config import load_config
+    from mkdocs.structure.files import get_files
+
+    from .directives import specs_in
+
+    config = load_config(str(config_file))
+    plugin = config.plugins.get("layerheat")
+    if plugin is None:
+        raise click.ClickException(f"{config_file} does not enable the layerheat plugin")
+    specs = [s for f in get_files(config).documentation_pages() for s in specs_in(f.content_string, config.docs_dir)]
+    return plugin.settings(config), specs
+
+
+_config_option = click.option(
+    "-f", "--config-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default="mkdocs.yml",
+    show_default=True, help="The site's mkdocs.yml.",
+)
+
+
+@main.command()
+@_config_option
+@click.option("--device", help="Torch device for this run (overrides mkdocs.yml), e.g. cuda.")
+@click.option("--refresh", is_flag=True, help="Recompute even what the cache holds.")
+def precompute(config_file: Path, device: str | None, refresh: bool) -> None:
+    """Compute every heatmap of a site into its cache, without building it.
+
+    Run it once where the GPU is, then hand the cache directory over: every other build is fully cached.
+    """
+    import logging
+
+    from . import plan
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings, specs = _site(config_file)
+    settings.device = device or settings.device
+    settings.refresh = settings.refresh or refresh
+    outcomes = plan.run(specs, settings, logging.getLogger("layerheat"))
+    failures = [f"{spec.model} / {spec.metric}: {o.error}" for spec, o in outcomes.items() if o.error]
+    for failure in failures:
+        click.echo(f"error: {failure}", err=True)
+    if failures:
+        sys.exit(1)
+
+
+@main.group()
+def cache() -> None:
+    """Inspect and tidy a site's heatmap cache."""
+
+
+def _cache_dir(config_file: Path) -> Path:
+    return _site(config_file)[0].cache_dir
+
+
+@cache.command()
+@_config_option
+def info(config_file: Path) -> None:
+    """Entries, size and models of the cache."""
+    from collections import Counter
+
+    from .cache import Cache
+
+    store = Cache(_cache_dir(config_file))
+    entries = store.entries()
+    per_model = Counter(h.model if (h := store.get(p.stem)) else "(unreadable)" for p in entries)
+    size = sum(f.stat().st_size for f in store.directory.rglob("*") if f.is_file()) if store.directory.exists() else 0
+    click.echo(f"{store.directory}: {len(entries)} heatmaps, {size / 1024:,.0f} KiB in all")
+    for model, count in sorted(per_model.items()):
+        click.echo(f"  {model}: {count}")
+
+
+@cache.command()
+@_config_option
+def prune(config_file: Path) -> None:
+    """Remove the entries that no page of the site uses (and rendered HTML, rebuilt on the next build)."""
+    import shutil
+
+    from .cache import Cache
+    from .plan import keys_for
+
+    settings, specs = _site(config_file)
+    found = keys_for(specs, settings)
+    store = Cache(settings.cache_dir)
+    used = set(found.keys.values())
+    stale = [p for p in store.entries() if p.stem not in used]
+    for path in stale:
+        path.unlink()
+    shutil.rmtree(store.directory / "rendered", ignore_errors=True)
+    converted = {store.converted_dir(f) for f in found.fingerprints.values()}
+    for folder in (store.directory / "converted").glob("*"):
+        if folder not in converted:
+            shutil.rmtree(folder, ignore_errors=True)
+    click.echo(f"removed {len(stale)} unused heatmaps, kept {len(store.entries())}")
+
+
+@cache.command()
+@_config_option
+@click.confirmation_option(prompt="Remove every cached heatmap?")
+def clear(config_file: Path) -> None:
+    """Remove the whole cache directory."""
+    import shutil
+
+    directory = _cache_dir(config_file)
+    shutil.rmtree(directory, ignore_errors=True)
+    click.echo(f"removed {directory}")

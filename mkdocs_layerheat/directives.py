@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
+
+from .spec import HeatmapSpec, SpecError, parse_spec
 
 _OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*layerheat[ \t]*$")
 _ANY_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}(?=[^`]*$)|~{3,})")  # a backtick fence's info has no `
@@ -69,3 +72,14 @@ def replace_blocks(markdown: str, blocks: list[Block], replacement: Callable[[Bl
         newline = last[len(last.rstrip("\r\n")) :]  # the closing line's own line break, if any
         lines[block.line - 1 : block.end] = [block.indent + replacement(block) + newline]
     return "".join(lines)
+
+
+def specs_in(markdown: str, docs_dir: str | Path) -> list[HeatmapSpec]:
+    """The valid specs of a page (bad blocks are reported when the page renders, with their line)."""
+    specs = []
+    for block in find_blocks(markdown):
+        try:
+            specs.append(parse_spec(block.body, docs_dir))
+        except SpecError:
+            pass
+    return specs

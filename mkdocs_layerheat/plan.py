@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import gc
-import hashlib
 import logging
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .cache import Cache, cache_key
 from .heatmap import Heatmap
@@ -17,6 +17,7 @@ from .models import ModelError, ModelRef, fingerprint, resolve
 from .spec import HeatmapSpec
 
 _log = logging.getLogger("mkdocs.plugins.layerheat")
+_pool: OrderedDict[tuple, Any] = OrderedDict()  # loaded models kept between builds (mkdocs serve)
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Outcome:
     heatmap: Heatmap | None = None
     error: str | None = None
     computed: bool = False
+    key: str | None = None  # the cache key of the values
 
 
 @dataclass
@@ -32,57 +34,119 @@ class Settings:
     base_dir: Path  # model paths resolve against it (the folder of mkdocs.yml)
     cache_dir: Path
     device: str = "cpu"
+    refresh: bool = False  # recompute even what the cache holds
+    keep_models: int = 0  # models kept loaded after the build (mkdocs serve)
+
+
+@dataclass
+class Keys:
+    keys: dict[HeatmapSpec, str]  # cache key of every spec whose model is known
+    refs: dict[HeatmapSpec, ModelRef]  # where the model can be loaded from, when it is on this machine
+    fingerprints: dict[ModelRef, str]
+    errors: dict[HeatmapSpec, str]
+
+
+def keys_for(specs: list[HeatmapSpec], settings: Settings) -> Keys:
+    """Cache keys of the specs whose model can be fingerprinted, with their refs, and errors for the others.
+
+    A model that is not on this machine (a cache handed over from another one) is known by the
+    fingerprint the cache's manifest recorded for the same reference.
+    """
+    cache = Cache(settings.cache_dir)
+    manifest = cache.manifest()
+    found = Keys({}, {}, {}, {})
+    by_target: dict[str, str] = {}
+    for spec in dict.fromkeys(specs):
+        target = settings.aliases.get(spec.model, spec.model)
+        try:
+            ref = resolve(spec.model, settings.aliases, settings.base_dir)
+            if target not in by_target:
+                by_target[target] = fingerprint(ref, settings.cache_dir / "fingerprints.json")
+            found.refs[spec], found.fingerprints[ref] = ref, by_target[target]
+        except ModelError as exc:
+            if target not in manifest:
+                found.errors[spec] = str(exc)
+                continue
+            by_target.setdefault(target, manifest[target])
+        found.keys[spec] = cache_key(by_target[target], spec.text, spec.metric)
+    if any(manifest.get(t) != f for t, f in by_target.items()):
+        cache.save_manifest({**manifest, **by_target})
+    return found
 
 
 def run(specs: list[HeatmapSpec], settings: Settings, log=_log) -> dict[HeatmapSpec, Outcome]:
     """An `Outcome` for every spec: from the cache, or computed now and stored."""
+    start = time.perf_counter()
     cache = Cache(settings.cache_dir)
-    outcomes: dict[HeatmapSpec, Outcome] = {}
-    keys: dict[HeatmapSpec, str] = {}
+    found = keys_for(specs, settings)
+    outcomes = {spec: Outcome(error=message) for spec, message in found.errors.items()}
     misses: dict[ModelRef, list[HeatmapSpec]] = defaultdict(list)
-    fingerprints: dict[ModelRef, str] = {}
-    for spec in dict.fromkeys(specs):
-        try:
-            ref = resolve(spec.model, settings.aliases, settings.base_dir)
-            if ref not in fingerprints:
-                fingerprints[ref] = fingerprint(ref, settings.cache_dir / "fingerprints.json")
-        except ModelError as exc:
-            outcomes[spec] = Outcome(error=str(exc))
-            continue
-        keys[spec] = cache_key(fingerprints[ref], spec.text, spec.metric)
-        heatmap = cache.get(keys[spec])
-        if heatmap is None:
-            misses[ref].append(spec)
+    cached: dict[object, int] = defaultdict(int)  # per model (ref, or name when not on this machine)
+    for spec, key in found.keys.items():
+        heatmap = None if settings.refresh else cache.get(key)
+        if heatmap is not None:
+            outcomes[spec] = Outcome(heatmap, key=key)
+            cached[found.refs.get(spec, spec.model)] += 1
+        elif spec in found.refs:
+            misses[found.refs[spec]].append(spec)
         else:
-            outcomes[spec] = Outcome(heatmap)
+            outcomes[spec] = Outcome(error=f"model '{spec.model}' is not on this machine and the cache has no entry")
     if misses:
         with cache.lock():
             for ref, todo in misses.items():
-                _compute_model(ref, todo, keys, cache, settings, outcomes, log, fingerprints[ref])
+                _compute_model(ref, todo, found, cache, settings, outcomes, log, cached.pop(ref, 0))
+    for model, count in cached.items():
+        log.info(f"model {model}: {count} heatmaps, {count} cached")
     for problem in dict.fromkeys(cache.problems):
         log.warning(problem)
+    if specs:
+        computed = sum(o.computed for o in outcomes.values())
+        failed = sum(o.error is not None for o in outcomes.values())
+        log.info(
+            f"{len(outcomes)} heatmaps, {len(outcomes) - computed - failed} cached, {computed} computed"
+            + (f", {failed} failed" if failed else "")
+            + f" in {time.perf_counter() - start:.1f} s"
+        )
     return outcomes
 
 
-def _compute_model(ref, specs, keys, cache: Cache, settings: Settings, outcomes, log, fingerprint: str) -> None:
-    """Load one model, run every missing text through it (one pass per text for all its metrics), free it."""
-    from .extract import ExtractionError, extract
+def _acquire(ref: ModelRef, settings: Settings, eager: bool, model_fingerprint: str) -> Any:
+    """A loaded model: from the pool kept between builds, or loaded now."""
     from .models import load
+
+    key = (ref, settings.device, eager)
+    if key in _pool:
+        _pool.move_to_end(key)
+        return _pool[key]
+    converted = Cache(settings.cache_dir).converted_dir(model_fingerprint)
+    return load(ref, settings.device, eager_attention=eager, converted=converted)
+
+
+def _release(ref: ModelRef, settings: Settings, eager: bool, loaded: Any) -> None:
+    """Keep the model for the next build when asked to (LRU), else free it now."""
+    _pool[(ref, settings.device, eager)] = loaded
+    while len(_pool) > settings.keep_models:
+        _pool.popitem(last=False)
+
+
+def _compute_model(ref, specs, found: Keys, cache: Cache, settings: Settings, outcomes, log, cached: int) -> None:
+    """Run every missing text of one model (one pass per text for all its metrics), loading the model once."""
+    from .extract import ExtractionError, extract
 
     pending = []
     for spec in specs:  # another build may have filled the cache while we waited for the lock
-        heatmap = cache.get(keys[spec])
+        heatmap = None if settings.refresh else cache.get(found.keys[spec])
         if heatmap is not None:
-            outcomes[spec] = Outcome(heatmap)
+            outcomes[spec] = Outcome(heatmap, key=found.keys[spec])
+            cached += 1
         else:
             pending.append(spec)
     if not pending:
         return
     start = time.perf_counter()
+    eager = any(METRICS[s.metric].site == "attention" for s in pending)
     try:
-        eager = any(METRICS[s.metric].site == "attention" for s in pending)
-        converted = settings.cache_dir / "converted" / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
-        loaded = load(ref, settings.device, eager_attention=eager, converted=converted)
+        loaded = _acquire(ref, settings, eager, found.fingerprints[ref])
     except ModelError as exc:
         for spec in pending:
             outcomes[spec] = Outcome(error=str(exc))
@@ -101,17 +165,18 @@ def _compute_model(ref, specs, keys, cache: Cache, settings: Settings, outcomes,
                 outcomes[spec] = Outcome(error=str(exc))
             continue
         for spec in group:
-            outcomes[spec] = Outcome(heatmaps[spec.metric], computed=True)
+            outcomes[spec] = Outcome(heatmaps[spec.metric], computed=True, key=found.keys[spec])
             try:
-                cache.put(keys[spec], heatmaps[spec.metric])
+                cache.put(found.keys[spec], heatmaps[spec.metric])
             except OSError as exc:
                 if not unwritable:
                     log.warning(f"cannot write to the cache {cache.directory} ({exc.strerror}); computing without caching")
                 unwritable = True
     done = time.perf_counter()
     log.info(
-        f"model {ref}: {len(pending)} heatmaps computed "
+        f"model {ref}: {len(pending) + cached} heatmaps, {cached} cached, {len(pending)} computed "
         f"(load {loaded_at - start:.1f} s, extraction {done - loaded_at:.1f} s)"
     )
+    _release(ref, settings, eager, loaded)
     del loaded
     gc.collect()

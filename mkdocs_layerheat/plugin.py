@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
 import re
-import time
 import uuid
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from mkdocs.plugins import BasePlugin, get_plugin_logger
 from mkdocs.structure.files import File, Files
 
 from . import plan
+from .cache import Cache
 from .analysis import analyze
-from .directives import Block, find_blocks, replace_blocks
+from .directives import Block, find_blocks, replace_blocks, specs_in
 from .render import ASSETS, Renderer, display_labels
 from .spec import HeatmapSpec, SpecError, parse_spec
 
@@ -32,17 +34,25 @@ class LayerheatConfig(base.Config):
     """Torch device for extraction (`cpu`, `cuda`, `cuda:1`, `mps`)."""
     enabled = c.Type(bool, default=True)
     """When false, blocks render as a placeholder and no model is run."""
+    refresh = c.Type(bool, default=False)
+    """Recompute every heatmap even when cached (also: environment variable LAYERHEAT_REFRESH=1)."""
+    keep_models = c.Type(int, default=1)
+    """Under `mkdocs serve`, how many loaded models stay in memory between rebuilds."""
     templates = c.Optional(c.Dir(exists=True))
     """A folder of Jinja2 templates overriding the plugin's own (`heatmap.html`, `summary.html`, `error.html`)."""
 
 
 def _bokeh_js() -> Path:
-    import bokeh
-
-    return Path(bokeh.__file__).parent / "server" / "static" / "js" / "bokeh.min.js"
+    bokeh = Path(importlib.util.find_spec("bokeh").origin).parent  # located, not imported: a warm build skips Bokeh
+    return bokeh / "server" / "static" / "js" / "bokeh.min.js"
 
 
 class LayerheatPlugin(BasePlugin[LayerheatConfig]):
+    serving = False
+
+    def on_startup(self, *, command, dirty) -> None:
+        self.serving = command == "serve"  # models then stay loaded between rebuilds
+
     def on_config(self, config):
         self.project_dir = Path(config.config_file_path or ".").resolve().parent
         self.renderer = Renderer(self.config.templates)
@@ -54,12 +64,16 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
             config.extra_css.append(f"{ASSET_DIR}/layerheat.css")
         return config
 
-    def _settings(self) -> plan.Settings:
+    def settings(self, config) -> plan.Settings:
+        """What the plan needs from mkdocs.yml (also used by the `layerheat` command)."""
+        project_dir = Path(config.config_file_path or ".").resolve().parent
         return plan.Settings(
             aliases={str(k): str(v) for k, v in self.config.models.items()},
-            base_dir=self.project_dir,
-            cache_dir=self.project_dir / self.config.cache_dir,
+            base_dir=project_dir,
+            cache_dir=project_dir / self.config.cache_dir,
             device=self.config.device,
+            refresh=self.config.refresh or os.environ.get("LAYERHEAT_REFRESH", "") not in ("", "0"),
+            keep_models=self.config.keep_models if self.serving else 0,
         )
 
     def on_files(self, files: Files, config) -> Files:
@@ -68,21 +82,8 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
         for name, source in (("bokeh.min.js", _bokeh_js()), ("layerheat.js", ASSETS / "layerheat.js"),
                              ("layerheat.css", ASSETS / "layerheat.css")):
             files.append(File.generated(config, f"{ASSET_DIR}/{name}", abs_src_path=str(source)))
-        specs = []
-        for file in files.documentation_pages():
-            for block in find_blocks(file.content_string):
-                try:
-                    specs.append(parse_spec(block.body, config.docs_dir))
-                except SpecError:
-                    pass  # reported with its page and line when the page renders
-        start = time.perf_counter()
-        self.outcomes = plan.run(specs, self._settings(), log)
-        computed = sum(o.computed for o in self.outcomes.values())
-        failed = sum(o.error is not None for o in self.outcomes.values())
-        log.info(
-            f"{len(self.outcomes)} heatmaps, {len(self.outcomes) - computed - failed} cached, "
-            f"{computed} computed, {failed} failed in {time.perf_counter() - start:.1f} s"
-        )
+        specs = [spec for file in files.documentation_pages() for spec in specs_in(file.content_string, config.docs_dir)]
+        self.outcomes = plan.run(specs, self.settings(config), log)
         return files
 
     def on_page_markdown(self, markdown: str, page, config, files) -> str:
@@ -110,14 +111,19 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
             return self._error(f"{page_path}:{block.line + (exc.line or 0)}", str(exc))
         if not self.config.enabled:
             return self.renderer.placeholder(spec)
-        outcome = self.outcomes.get(spec) or plan.run([spec], self._settings(), log)[spec]
+        outcome = self.outcomes.get(spec) or plan.run([spec], self.settings(config), log)[spec]
         if outcome.error:
             return self._error(where, outcome.error)
-        heatmap = outcome.heatmap
-        values = heatmap.normalized(spec.normalize)
-        labels = display_labels(heatmap.tokens)
-        findings = analyze(heatmap, values, labels)
-        return self.renderer.figure(target_id, heatmap, values, labels, spec, findings)
+        cache = Cache(self.settings(config).cache_dir)
+        key = hashlib.sha256(repr((outcome.key, spec, target_id, self.renderer.fingerprint)).encode()).hexdigest()
+        html = cache.get_rendered(key)
+        if html is None:
+            heatmap = outcome.heatmap
+            values = heatmap.normalized(spec.normalize)
+            labels = display_labels(heatmap.tokens)
+            html = self.renderer.figure(target_id, heatmap, values, labels, spec, analyze(heatmap, values, labels))
+            cache.put_rendered(key, html)
+        return html
 
     def _error(self, where: str, message: str) -> str:
         log.warning(f"{where}: {message}")

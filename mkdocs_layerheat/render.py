@@ -8,7 +8,10 @@ from pathlib import Path
 import numpy as np
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
 
+from importlib.metadata import version
+
 from .analysis import Findings
+from .cache import source_hash
 from .heatmap import Heatmap
 from .metrics import METRICS
 
@@ -124,6 +127,9 @@ class Renderer:
             lstrip_blocks=True,
         )
         self.env.filters["num"] = _number
+        sources = [Path(__file__).parent, template_dir()] + ([Path(override_dir)] if override_dir else [])
+        # what rendered HTML depends on besides the values and the block: code, templates, BokehJS
+        self.fingerprint = source_hash(*sources) + version("bokeh")
 
     def summary(self, heatmap: Heatmap, findings: Findings, normalize: str) -> str:
         metric = METRICS.get(heatmap.metric)

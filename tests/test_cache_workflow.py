@@ -1,0 +1,125 @@
+"""The cache across builds: precompute, hand-over, refresh, prune, corrupt entries, models kept for serve."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mkdocs_layerheat import models, plan
+from mkdocs_layerheat.spec import parse_spec
+
+LAYERHEAT = str(Path(sys.executable).parent / "layerheat")
+PAGE = """\
+# Page
+
+```layerheat
+model: tiny
+text: 'The quick dog looks back at the lazy fox.'
+metric: attention
+```
+
+```layerheat
+model: tiny
+text: 'The model counts tokens.'
+metric: hidden-norm
+```
+"""
+
+
+def make_site(root: Path, model_path: Path) -> Path:
+    (root / "docs").mkdir(parents=True)
+    (root / "docs" / "index.md").write_text(PAGE)
+    (root / "mkdocs.yml").write_text(f"site_name: t\nplugins:\n  - layerheat:\n      models: {{tiny: '{model_path}'}}\n")
+    return root
+
+
+def run(root: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {"PATH": "/usr/bin:/bin", "NO_MKDOCS_2_WARNING": "1", **(env or {})}
+    return subprocess.run(list(args), capture_output=True, text=True, cwd=root, env=environment)
+
+
+def mkdocs(root: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run(root, sys.executable, "-m", "mkdocs", "build", *args, env=env)
+
+
+@pytest.fixture
+def site(tmp_path, llama_model) -> Path:
+    model = tmp_path / "model"
+    shutil.copytree(llama_model.path, model)
+    return make_site(tmp_path / "site", model)
+
+
+def test_precompute_then_build_is_fully_cached(site):
+    result = run(site, LAYERHEAT, "precompute", "-f", "mkdocs.yml")
+    assert result.returncode == 0, result.stderr
+    assert "2 heatmaps, 0 cached, 2 computed" in result.stderr
+    build = mkdocs(site)
+    assert build.returncode == 0, build.stderr
+    assert "2 heatmaps, 2 cached, 0 computed" in build.stderr
+
+
+def test_cache_handed_to_a_machine_without_the_model(site, tmp_path):
+    assert mkdocs(site).returncode == 0
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(site, elsewhere, ignore=shutil.ignore_patterns("site"))
+    shutil.rmtree(tmp_path / "model")  # this machine does not have the weights
+    build = mkdocs(elsewhere, "--strict")
+    assert build.returncode == 0, build.stderr
+    assert "2 cached, 0 computed" in build.stderr
+    assert (elsewhere / "site" / "index.html").read_text().count('class="layerheat-item"') == 2
+
+
+def test_refresh_recomputes_everything(site):
+    assert mkdocs(site).returncode == 0
+    build = mkdocs(site, env={"LAYERHEAT_REFRESH": "1"})
+    assert "2 heatmaps, 0 cached, 2 computed" in build.stderr
+
+
+def test_corrupt_entry_is_reported_once_and_recomputed(site):
+    assert mkdocs(site).returncode == 0
+    entries = sorted((site / ".cache" / "layerheat").glob("??/*.npz"))
+    assert len(entries) == 2
+    entries[0].write_bytes(entries[0].read_bytes()[:100])  # truncated
+    build = mkdocs(site)
+    assert build.returncode == 0
+    assert build.stderr.count("is unusable") == 1
+    assert "1 cached, 1 computed" in build.stderr
+    assert "1 cached, 0 computed" not in mkdocs(site).stderr  # the entry was rewritten
+    assert "2 cached, 0 computed" in mkdocs(site).stderr
+
+
+def test_info_and_prune(site):
+    assert mkdocs(site).returncode == 0
+    info = run(site, LAYERHEAT, "cache", "info")
+    assert "2 heatmaps" in info.stdout and "tiny: 2" in info.stdout
+    page = site / "docs" / "index.md"
+    page.write_text(PAGE.split("```layerheat\nmodel: tiny\ntext: 'The model")[0])  # drop the second block
+    prune = run(site, LAYERHEAT, "cache", "prune")
+    assert "removed 1 unused heatmaps, kept 1" in prune.stdout, prune.stderr
+    assert "1 heatmaps, 1 cached, 0 computed" in mkdocs(site).stderr
+    clear = run(site, LAYERHEAT, "cache", "clear", "--yes")
+    assert clear.returncode == 0 and not (site / ".cache" / "layerheat").exists()
+
+
+def test_models_stay_loaded_between_builds_when_serving(tmp_path, llama_model, monkeypatch):
+    loads = []
+    real_load = models.load
+    monkeypatch.setattr(models, "load", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    settings = plan.Settings({"tiny": str(llama_model.path)}, tmp_path, tmp_path / "cache", keep_models=1)
+    first = parse_spec("model: tiny\ntext: one text\nmetric: attention")
+    edited = parse_spec("model: tiny\ntext: an edited text\nmetric: attention")
+    try:
+        assert plan.run([first], settings)[first].computed
+        outcome = plan.run([first, edited], settings)
+        assert outcome[edited].computed and not outcome[first].computed
+        assert len(loads) == 1  # the edit reused the loaded model
+        settings.keep_models = 0
+        other = parse_spec("model: tiny\ntext: a third text\nmetric: attention")
+        plan.run([other], settings)
+        assert not plan._pool  # freed when no model is to be kept
+    finally:
+        plan._pool.clear()
