@@ -1,158 +1,572 @@
-"""Findings read from a heatmap's numbers (numpy only): bands of layers, token peaks, sustained runs, anomalies."""
+"""Findings read from a heatmap's numbers (numpy only): bands of layers, token peaks, sustained runs, anomalies.
+
+Everything here works on the matrix the figure shows (`values`, `[layers, tokens]`, `NaN` for a cell
+without a value) and is vectorised, so that a figure of thousands of tokens is analysed in a fraction of a second.
+The definitions and thresholds are documented in `docs/analysis.md`; the constants below are those.
+
+The unit scale
+    Tokens that dominate the whole figure (attention sinks and the like) are set aside first. The other
+    tokens' values are mapped to 0-1 (their minimum to their maximum): *low* is the bottom third of
+    that range, *high* the top third, *medium* what lies between.
+A token stands out at a layer
+    when its value is at least `STANDS_OUT` (a quarter of the range) above the median of the layer
+    (over the analysed tokens), and is itself at least medium.
+"""
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .heatmap import Heatmap
 
-HIGH, LOW = 2 / 3, 1 / 3  # thresholds on the 0-1 scale
-STANDS_OUT = 1.5  # z-score within a layer for a token to count as standing out
-MIN_SUSTAINED = 3  # layers
+HIGH, LOW = 2 / 3, 1 / 3  # thresholds on the unit scale: top third, bottom third
+STANDS_OUT = 0.25  # above the layer's median, on the unit scale
+UNIFORM_SHARE = 0.8  # a layer is uniformly high/medium/low when this share of its cells is at that level
+MOSTLY_LOW = 0.6  # a sparse layer: at least this share of cells low ...
+FEW = 0.25  # ... and at most this share of them standing out
+NARROW = 1 / 3  # a layer whose cells (10th to 90th percentile) lie within this much of the scale is uniform
+MIN_RUN = 3  # a sustained run lasts at least max(MIN_RUN, a tenth of the layers) layers
+DOMINANT_FACTOR, DOMINANT_MARGIN = 3.0, 0.3  # a dominant token's mean: > 3x the median token's and > it + 0.3
+MAX_DOMINANT = 3
+ANOMALY_FACTOR, ANOMALY_MIN = 3.0, 0.15  # a profile anomaly: nearest other profile > 3x the typical and > 0.15
+MAX_ANOMALIES = 3
+TREND_RHO, TREND_CHANGE = 0.8, 0.2  # depth trend: rank correlation of layer means with depth, and change
+MAX_OBSERVATIONS = 5
+
+KINDS = ("uniform-high", "uniform-medium", "uniform-low", "differentiating", "sparse")
+UNIFORM = ("uniform-high", "uniform-medium", "uniform-low")
 
 
 @dataclass
 class Band:
+    """Consecutive layers that behave alike. Values are on the figure's scale; shares are of the band's cells."""
+
     first_layer: int
     last_layer: int
-    kind: str  # uniform-high | uniform-low | differentiating | sparse
+    kind: str  # uniform-high | uniform-medium | uniform-low | differentiating | sparse
     mean: float
+    rows: tuple[int, int]  # row indices [first, last] in the matrix
+    share_high: float  # share of the band's cells in the top third of the unit scale
+    share_low: float  # ... in the bottom third
+    p10: float  # 10th and 90th percentiles of the band's cells: 80% of them lie in between
+    p90: float
+    outliers: int = 0  # cells where a token stands out (a uniform band says "apart from" them)
+    outlier_cells: list[tuple[int, int]] = field(default_factory=list)  # (token, layer) of the first few
+    high_tokens: list[int] = field(default_factory=list)  # differentiating: tokens whose mean over the band is high
+    peaks: list[int] = field(default_factory=list)  # highlighted tokens peaking in this band, strongest first
+
+    @property
+    def n_layers(self) -> int:
+        return self.rows[1] - self.rows[0] + 1
+
+    @property
+    def share_medium(self) -> float:
+        return max(0.0, 1.0 - self.share_high - self.share_low)
 
 
 @dataclass
 class TokenFinding:
     index: int
-    token: str
-    peak_layer: int  # where the token stands out most from the other tokens of that layer
-    peak_value: float
-    peak_z: float
-    peak_unit: float  # the peak on the 0-1 scale of the analysed tokens
-    sustained: tuple[int, int] | None  # longest run of layers clearly above the others
+    token: str  # the display label
+    peak_layer: int | None  # where the token stands out most from the other tokens of that layer (None: no value)
+    peak_value: float | None  # its value there, on the figure's scale
+    peak_median: float | None  # the median of that layer over the analysed tokens
+    peak_contrast: float  # (value - median) on the unit scale
+    stands_out: bool  # the peak clears the stands-out test
+    sustained: tuple[int, int] | None  # the longest run of layers where it stands out, if long enough
+    sustained_mean: float | None = None  # the token's mean over that run
+    sustained_median: float | None = None  # the mean of the layers' medians over that run
+    set_aside: bool = False  # a dominant token, analysed apart
+
+    run_rows: tuple[int, int] = (0, -1)  # row indices of the sustained run
 
     @property
     def run_length(self) -> int:
-        return self.sustained[1] - self.sustained[0] + 1 if self.sustained else 0
+        return self.run_rows[1] - self.run_rows[0] + 1 if self.sustained else 0
 
 
 @dataclass
 class Anomaly:
-    index: int
+    kind: str  # "dominant" (set aside before everything else) | "profile" (a depth profile unlike any other)
+    indices: list[int]  # the token's positions; a profile anomaly groups repeats of the same piece
     token: str
-    special: bool
-    token_mean: float  # the token's mean over layers
+    special: bool  # a special token of the tokenizer, or a chat-template token
+    token_mean: float  # the token's mean over the layers (the first position's, for a group)
     others_median: float  # the median of the other tokens' means
+    top_layers: int = 0  # dominant: at how many layers it has the highest value of all tokens
+    run: tuple[int, int] | None = None  # profile: the layers where it departs most from the others
+    direction: str = ""  # "above" | "below" the layers' medians over that run
+    run_mean: float | None = None
+    run_median: float | None = None
+    distance: float = 0.0  # profile: RMS distance (unit scale) to the nearest profile of a different piece
+    typical_distance: float = 0.0  # ... and the median of that distance over all tokens
+    token_kind: str = "text"  # text | special | template | generated (Heatmap.kinds)
+
+
+@dataclass
+class Observation:
+    kind: str  # sink | structure | trend | spike | run | late | anomaly | flat
+    score: float
+    data: dict
 
 
 @dataclass
 class Findings:
-    low: float  # range of the analysed (displayed) values
+    n_layers: int
+    n_tokens: int
+    layers: list[int]
+    labels: list[str]
+    low: float  # range of the figure's (analysed) values
     high: float
     raw_low: float  # range of the metric's raw values
     raw_high: float
-    layer_means: list[float]
+    nan_cells: int
+    constant: bool  # every cell has the same value
+    scale_low: float  # range of the tokens not set aside: the unit scale
+    scale_high: float
+    layer_means: list[float]  # over the tokens not set aside
+    layer_medians: list[float]
     top_layers: list[int]  # highest mean first
     bands: list[Band]
     tokens: list[TokenFinding]
-    highlights: list[TokenFinding]  # the tokens that stand out most, strongest first
+    highlights: list[TokenFinding]  # tokens standing out at their peak, strongest first
+    runs: list[TokenFinding]  # tokens with a sustained run, longest first
     anomalies: list[Anomaly] = field(default_factory=list)
+    observations: list[Observation] = field(default_factory=list)
+    set_aside: list[int] = field(default_factory=list)  # token positions analysed apart (dominant)
+    min_run: int = MIN_RUN
+    trend: dict | None = None  # {"direction", "rho", "first", "last"} when layer means move with depth
+    token_kinds: list[str] = field(default_factory=list)  # text | special | template | generated, per token
+
+    def label(self, index: int) -> str:
+        return self.labels[index]
+
+    def repeated(self, index: int) -> bool:
+        """Whether another token has the same label (then a text names it with its position)."""
+        return self.labels.count(self.labels[index]) > 1
+
+    @property
+    def dominant(self) -> list[Anomaly]:
+        return [a for a in self.anomalies if a.kind == "dominant"]
+
+    @property
+    def profile_anomalies(self) -> list[Anomaly]:
+        return [a for a in self.anomalies if a.kind == "profile"]
+
+    def band_of(self, layer: int) -> Band | None:
+        return next((b for b in self.bands if b.first_layer <= layer <= b.last_layer), None)
 
 
-def _layer_kind(row: np.ndarray) -> str:
-    high, low = np.mean(row >= HIGH), np.mean(row <= LOW)
-    if high >= 0.8:
+def _quiet(func, *args, **kwargs):
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return func(*args, **kwargs)
+
+
+def _kind(u: np.ndarray, stands: np.ndarray) -> str | None:
+    """The kind of a set of cells (one layer's, or a whole band's): `u` on the unit scale without NaN,
+    `stands` whether each cell stands out from its layer. None when there is no cell."""
+    n = u.size
+    if n == 0:
+        return None
+    high, low = np.mean(u >= HIGH), np.mean(u <= LOW)
+    medium, spike = 1.0 - high - low, float(np.mean(stands))
+    if high >= UNIFORM_SHARE:
         return "uniform-high"
-    if low >= 0.8:
-        return "sparse" if np.any(row >= HIGH) or (row.max() - np.median(row)) > LOW else "uniform-low"
-    if low >= 0.6 and high <= 0.2:
+    if low >= UNIFORM_SHARE and spike == 0:
+        return "uniform-low"
+    if low >= MOSTLY_LOW and 0 < spike <= FEW:
         return "sparse"
+    if medium >= UNIFORM_SHARE:
+        return "uniform-medium"
+    p10, p50, p90 = np.percentile(u, [10, 50, 90])
+    if p90 - p10 <= NARROW:
+        return "uniform-high" if p50 >= HIGH else "uniform-low" if p50 <= LOW else "uniform-medium"
     return "differentiating"
 
 
-def _smooth(kinds: list[str]) -> list[str]:
-    """A single layer whose kind differs from both equal neighbours takes theirs (noise must not split a band)."""
-    out = list(kinds)
-    for i in range(1, len(kinds) - 1):
-        if kinds[i - 1] == kinds[i + 1] != kinds[i]:
-            out[i] = kinds[i - 1]
-    return out
+def _holds(kind: str, u: np.ndarray, stands: np.ndarray) -> bool:
+    """What a band of `kind` promises about all its cells taken together (checked after smoothing)."""
+    if u.size == 0:
+        return True
+    median = float(np.median(u))
+    if kind == "uniform-high":
+        return median >= HIGH
+    if kind == "uniform-low":
+        return median <= LOW
+    if kind == "uniform-medium":
+        return LOW < median < HIGH
+    if kind == "sparse":
+        return float(np.mean(u <= LOW)) >= 0.5 and 0 < float(np.mean(stands)) <= FEW
+    p10, p90 = np.percentile(u, [10, 90])
+    return p90 - p10 > NARROW
 
 
-def _longest_run(mask: np.ndarray) -> tuple[int, int] | None:
-    best, start = None, None
-    for i, on in enumerate(list(mask) + [False]):
-        if on and start is None:
-            start = i
-        elif not on and start is not None:
-            if best is None or i - start > best[1] - best[0] + 1:
-                best = (start, i - 1)
-            start = None
-    return best
+def _layer_kinds(u: np.ndarray, valid: np.ndarray, stands: np.ndarray) -> list[str | None]:
+    """The kind of each layer (row) of the unit-scale matrix `u`, None for a row without values."""
+    return [_kind(u[i][valid[i]], stands[i][valid[i]]) for i in range(len(u))]
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    lo, hi = np.nanmin(v), np.nanmax(v)
-    return np.nan_to_num((v - lo) / (hi - lo) if hi > lo else np.zeros_like(v))
+def _settle(runs: list[list], u: np.ndarray, valid: np.ndarray, stands: np.ndarray) -> list[list]:
+    """Make every band's kind true of all its cells: a band whose cells, taken together, break what its kind
+    promises takes the kind of those cells; neighbours of one kind merge. Repeats until nothing changes."""
+    runs = [list(r) for r in runs]
+    while True:
+        changed = False
+        for r in runs:
+            ok = valid[r[0]:r[1] + 1]
+            cells, spikes = u[r[0]:r[1] + 1][ok], stands[r[0]:r[1] + 1][ok]
+            if not _holds(r[2], cells, spikes):
+                r[2], changed = _kind(cells, spikes) or r[2], True
+        merged: list[list] = []
+        for r in runs:
+            if merged and merged[-1][2] == r[2]:
+                merged[-1][1], changed = r[1], True
+            else:
+                merged.append(r)
+        runs = merged
+        if not changed:
+            return runs
 
 
-def _dominant(v: np.ndarray) -> list[int]:
-    """Tokens whose mean over layers dwarfs the others' (attention sinks and the like), at most 3."""
-    means = _unit(v).mean(axis=0)
-    typical = np.median(means)
-    return [int(t) for t in np.argsort(-means)[:3] if means[t] > max(3 * typical, typical + 0.3)]
+def _segments(kinds: list[str | None], row_means: np.ndarray) -> list[list]:
+    """Runs of equal kind as [first_row, last_row, kind], with noise removed.
+
+    A layer whose kind differs from both (equal) neighbours takes theirs; an interior layer that is a band
+    on its own between two different bands joins the neighbour whose mean is closer. The first and the
+    last layer may stay bands of their own.
+    """
+    k = list(kinds)
+    for i in range(len(k)):  # layers without values take a neighbour's kind
+        if k[i] is None:
+            k[i] = next((x for x in k[i + 1:] + k[:i][::-1] if x is not None), "uniform-low")
+    smoothed = list(k)
+    for i in range(1, len(k) - 1):
+        if k[i - 1] == k[i + 1] != k[i]:
+            smoothed[i] = k[i - 1]
+    runs: list[list] = []
+    for i, kind in enumerate(smoothed):
+        if runs and runs[-1][2] == kind:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i, kind])
+    means = np.nan_to_num(row_means)
+    while True:
+        single = [j for j in range(1, len(runs) - 1) if runs[j][0] == runs[j][1]]
+        if not single:
+            return runs
+        j = single[0]
+        row = runs[j][0]
+        before = float(np.mean(means[runs[j - 1][0]:runs[j - 1][1] + 1]))
+        after = float(np.mean(means[runs[j + 1][0]:runs[j + 1][1] + 1]))
+        if abs(means[row] - before) <= abs(means[row] - after):
+            runs[j - 1][1] = row
+        else:
+            runs[j + 1][0] = row
+        del runs[j]
+        merged: list[list] = []
+        for r in runs:
+            if merged and merged[-1][2] == r[2]:
+                merged[-1][1] = r[1]
+            else:
+                merged.append(r)
+        runs = merged
+
+
+def _longest_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each column of a boolean `[layers, tokens]` mask: length and last row of its longest run of True."""
+    length = np.zeros(mask.shape[1], dtype=np.int64)
+    best = np.zeros(mask.shape[1], dtype=np.int64)
+    end = np.full(mask.shape[1], -1, dtype=np.int64)
+    for i in range(mask.shape[0]):
+        length = np.where(mask[i], length + 1, 0)
+        better = length > best
+        best = np.where(better, length, best)
+        end = np.where(better, i, end)
+    return best, end
+
+
+def _dominant(u_all: np.ndarray) -> list[int]:
+    """Tokens that dominate the figure (attention sinks and the like), strongest first: the highest token at
+    more than half of the layers, with a mean over layers more than 3 times, and 0.3 above, the median
+    token's (on the figure's 0-1 scale)."""
+    if u_all.shape[1] <= 3:
+        return []
+    means = np.nan_to_num(_quiet(np.nanmean, u_all, axis=0), nan=0.0)
+    typical = float(np.median(means))
+    has_row = ~np.isnan(u_all).all(axis=1)
+    top = np.bincount(np.argmax(np.nan_to_num(u_all, nan=-np.inf), axis=1)[has_row], minlength=u_all.shape[1])
+    order = np.argsort(-means, kind="stable")[:MAX_DOMINANT]
+    return [int(t) for t in order if means[t] > max(DOMINANT_FACTOR * typical, typical + DOMINANT_MARGIN)
+            and top[t] > has_row.sum() / 2]
+
+
+def _nearest_other(profiles: np.ndarray, codes: np.ndarray, block: int = 512) -> np.ndarray:
+    """RMS distance from each column profile to the nearest column of a different label (inf if none)."""
+    n_layers, n = profiles.shape
+    x = profiles.T  # [tokens, layers]
+    sq = (x * x).sum(axis=1)
+    out = np.full(n, np.inf)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        d2 = sq[start:stop, None] + sq[None, :] - 2.0 * (x[start:stop] @ x.T)
+        d2[codes[start:stop, None] == codes[None, :]] = np.inf  # itself and repeats of the same piece
+        out[start:stop] = d2.min(axis=1)
+    return np.sqrt(np.maximum(out, 0.0) / max(n_layers, 1))
+
+
+def _strongest_run(dev: np.ndarray, valid: np.ndarray, stands: np.ndarray) -> tuple[int, int, str]:
+    """The run of consecutive layers where a token stands out (above), or lies STANDS_OUT or more under the
+    layers' medians (below), with the largest total departure `dev` (the token minus the layers' medians);
+    else the single layer of largest |dev|."""
+    best = (0.0, -1, -1, "")
+    for sign, name in ((1, "above"), (-1, "below")):
+        on = (stands if sign > 0 else (-dev >= STANDS_OUT - 1e-12)) & valid
+        start = None
+        for i, flag in enumerate(list(on) + [False]):
+            if flag and start is None:
+                start = i
+            elif not flag and start is not None:
+                total = float(np.sum(sign * dev[start:i]))
+                if total > best[0]:
+                    best = (total, start, i - 1, name)
+                start = None
+    if best[1] >= 0:
+        return best[1], best[2], best[3]
+    i = int(np.nanargmax(np.where(valid, np.abs(dev), -np.inf)))
+    return i, i, "above" if dev[i] >= 0 else "below"
+
+
+def _empty(heatmap: Heatmap, labels: list[str], v: np.ndarray) -> Findings:
+    n_layers, n_tokens = v.shape
+    nan = float("nan")
+    return Findings(
+        n_layers=n_layers, n_tokens=n_tokens, layers=list(heatmap.layers), labels=list(labels),
+        low=nan, high=nan, raw_low=nan, raw_high=nan, nan_cells=int(v.size), constant=False,
+        scale_low=nan, scale_high=nan, layer_means=[nan] * n_layers, layer_medians=[nan] * n_layers,
+        top_layers=[], bands=[], tokens=[
+            TokenFinding(t, labels[t], None, None, None, 0.0, False, None) for t in range(n_tokens)
+        ], highlights=[], runs=[], token_kinds=_token_kinds(heatmap, n_tokens),
+    )
+
+
+def _token_kinds(heatmap: Heatmap, n_tokens: int) -> list[str]:
+    kinds = list(getattr(heatmap, "kinds", None) or [])
+    if len(kinds) != n_tokens:
+        kinds = ["special" if s else "text" for s in (heatmap.special or [False] * n_tokens)]
+    return kinds
 
 
 def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str]) -> Findings:
-    """Findings for `values` (the figure's matrix, `[layers, tokens]`), with `labels` naming the tokens.
+    """Findings for `values` (the figure's matrix, `[layers, tokens]`), with `labels` naming the tokens."""
+    v = np.asarray(values, dtype=np.float64)
+    n_layers, n_tokens = v.shape
+    layers = [int(x) for x in heatmap.layers]
+    labels = [str(x) for x in labels]
+    valid = ~np.isnan(v)
+    if not valid.any():
+        return _empty(heatmap, labels, v)
+    low, high = float(np.nanmin(v)), float(np.nanmax(v))
+    raw = np.asarray(heatmap.values, dtype=np.float64)
+    raw_low, raw_high = (float(np.nanmin(raw)), float(np.nanmax(raw))) if (~np.isnan(raw)).any() else (low, high)
+    constant = not high > low
 
-    Tokens that dominate the whole figure are reported as anomalies, then set aside so that
-    bands and highlights describe the other tokens on their own scale.
-    """
-    v = values.astype(np.float64)
-    layers = heatmap.layers
-    token_means = np.nanmean(v, axis=0)
-    dominant = _dominant(v) if v.shape[1] > 3 else []
-    anomalies = [
-        Anomaly(t, labels[t], heatmap.special[t], float(token_means[t]), float(np.nanmedian(np.delete(token_means, dominant))))
-        for t in dominant
-    ]
-    kept = [t for t in range(v.shape[1]) if t not in dominant]
+    # 1. dominant tokens are set aside; the others define the unit scale
+    span_all = high - low
+    u_all = (v - low) / span_all if span_all > 0 else np.where(valid, 0.0, np.nan)
+    dominant = [] if constant else _dominant(u_all)
+    kept = np.ones(n_tokens, dtype=bool)
+    kept[dominant] = False
     rest = v[:, kept]
-    unit = _unit(rest)  # 0-1 view for the thresholds
-    means = np.nanmean(rest, axis=1)
+    scale_low, scale_high = float(np.nanmin(rest)), float(np.nanmax(rest))
+    span = scale_high - scale_low
+    u = (v - scale_low) / span if span > 0 else np.where(valid, 0.0, np.nan)
+    ur, valid_r = u[:, kept], valid[:, kept]
 
-    kinds = _smooth([_layer_kind(row) for row in unit])
+    median_u = _quiet(np.nanmedian, ur, axis=1)  # NaN for a layer without values
+    contrast = u - median_u[:, None]
+    stands = np.nan_to_num(contrast, nan=-np.inf) >= STANDS_OUT - 1e-12
+    stands &= np.nan_to_num(u, nan=-np.inf) >= LOW - 1e-12
+    layer_means = _quiet(np.nanmean, rest, axis=1)
+    layer_medians = _quiet(np.nanmedian, rest, axis=1)
+
+    # 2. bands
+    kinds = _layer_kinds(ur, valid_r, stands[:, kept])
+    if constant:
+        kinds = ["uniform-low"] * n_layers
     bands: list[Band] = []
-    for i, kind in enumerate(kinds):
-        if bands and bands[-1].kind == kind:
-            bands[-1].last_layer = layers[i]
-        else:
-            bands.append(Band(layers[i], layers[i], kind, 0.0))
-    for band in bands:
-        rows = [i for i, layer in enumerate(layers) if band.first_layer <= layer <= band.last_layer]
-        band.mean = float(np.nanmean(rest[rows]))
+    runs = _segments(kinds, _quiet(np.nanmean, ur, axis=1))
+    if not constant:
+        runs = _settle(runs, ur, valid_r, stands[:, kept])
+    kept_idx_all = np.flatnonzero(kept)
+    for first, last, kind in runs:
+        out_rows, out_cols = np.nonzero(stands[first:last + 1][:, kept])
+        order = np.argsort(-contrast[first + out_rows, kept_idx_all[out_cols]], kind="stable")[:3]
+        outlier_cells = [(int(kept_idx_all[out_cols[k]]), layers[first + int(out_rows[k])]) for k in order]
+        cells_u = ur[first:last + 1][valid_r[first:last + 1]]
+        cells_v = rest[first:last + 1][valid_r[first:last + 1]]
+        if cells_v.size == 0:
+            cells_u = cells_v = np.array([np.nan])
+        p10, p90 = _quiet(np.nanpercentile, cells_v, [10, 90])
+        bands.append(Band(
+            first_layer=layers[first], last_layer=layers[last], kind=kind,
+            mean=float(_quiet(np.nanmean, cells_v)), rows=(first, last),
+            share_high=float(np.mean(cells_u >= HIGH)), share_low=float(np.mean(cells_u <= LOW)),
+            p10=float(p10), p90=float(p90), outliers=int(stands[first:last + 1][:, kept].sum()),
+            outlier_cells=outlier_cells,
+        ))
 
-    spread = unit.std(axis=1, keepdims=True)
-    z = (unit - unit.mean(axis=1, keepdims=True)) / np.where(spread > 1e-9, spread, np.inf)
-    tokens = []
-    for column, t in enumerate(kept):
-        peak = int(np.argmax(z[:, column]))
-        run = _longest_run(z[:, column] >= 1.0) if len(kept) > 2 else None
-        sustained = (layers[run[0]], layers[run[1]]) if run and run[1] - run[0] + 1 >= MIN_SUSTAINED else None
-        tokens.append(
-            TokenFinding(t, labels[t], layers[peak], float(v[peak, t]), float(z[peak, column]), float(unit[peak, column]), sustained)
-        )
-    highlights = sorted((f for f in tokens if f.peak_z >= STANDS_OUT and f.peak_unit >= LOW), key=lambda f: -f.peak_z)
-    return Findings(
-        low=float(np.nanmin(v)),
-        high=float(np.nanmax(v)),
-        raw_low=float(np.nanmin(heatmap.values)),
-        raw_high=float(np.nanmax(heatmap.values)),
-        layer_means=[float(m) for m in means],
-        top_layers=[layers[i] for i in np.argsort(-means)[:3]],
-        bands=bands,
-        tokens=tokens,
-        highlights=highlights,
-        anomalies=anomalies,
+    # 3. tokens: peak (largest contrast), sustained run (longest run of layers where the token stands out)
+    has_value = valid.any(axis=0)
+    peak_rows = np.argmax(np.where(valid, contrast, -np.inf), axis=0)
+    cols = np.arange(n_tokens)
+    peak_contrast = np.where(has_value, contrast[peak_rows, cols], 0.0)
+    peak_stands = stands[peak_rows, cols] & has_value
+    min_run = max(MIN_RUN, math.ceil(n_layers / 10))
+    run_len, run_end = _longest_runs(stands) if n_tokens > 2 else (np.zeros(n_tokens, int), np.zeros(n_tokens, int))
+    tokens: list[TokenFinding] = []
+    for t in range(n_tokens):
+        finding = TokenFinding(t, labels[t], None, None, None, 0.0, False, None, set_aside=not kept[t])
+        if has_value[t]:
+            r = int(peak_rows[t])
+            finding.peak_layer, finding.peak_value = layers[r], float(v[r, t])
+            finding.peak_median = float(layer_medians[r])
+            finding.peak_contrast, finding.stands_out = float(peak_contrast[t]), bool(peak_stands[t])
+        if run_len[t] >= min_run:
+            first, last = int(run_end[t] - run_len[t] + 1), int(run_end[t])
+            finding.sustained, finding.run_rows = (layers[first], layers[last]), (first, last)
+            finding.sustained_mean = float(np.mean(v[first:last + 1, t]))
+            finding.sustained_median = float(np.mean(layer_medians[first:last + 1]))
+        tokens.append(finding)
+
+    # 4. anomalies: dominant tokens, then tokens whose depth profile is unlike any other piece's
+    token_means = _quiet(np.nanmean, v, axis=0)
+    token_kinds = _token_kinds(heatmap, n_tokens)
+    anomalies: list[Anomaly] = []
+    for t in dominant:
+        others = float(np.nanmedian(token_means[kept]))
+        top = int(np.sum(np.argmax(np.where(valid, v, -np.inf), axis=1)[valid.any(axis=1)] == t))
+        anomalies.append(Anomaly("dominant", [t], labels[t], token_kinds[t] in ("special", "template"),
+                                 float(token_means[t]), others, top_layers=top, token_kind=token_kinds[t]))
+    kept_idx = np.flatnonzero(kept & has_value)
+    if len(kept_idx) >= 6 and n_layers >= 3 and not constant:
+        profiles = np.where(valid[:, kept_idx], u[:, kept_idx], median_u[:, None])
+        profiles = np.nan_to_num(profiles)
+        _, codes = np.unique(np.array([labels[t] for t in kept_idx], dtype=object).astype(str), return_inverse=True)
+        nearest = _nearest_other(profiles, codes)
+        finite = nearest[np.isfinite(nearest)]
+        typical = float(np.median(finite)) if finite.size else 0.0
+        flagged = np.flatnonzero(np.isfinite(nearest) & (nearest > max(ANOMALY_MIN, ANOMALY_FACTOR * typical)))
+        seen: set[str] = set()
+        for j in flagged[np.argsort(-nearest[flagged], kind="stable")]:
+            t = int(kept_idx[j])
+            if labels[t] in seen or len(seen) >= MAX_ANOMALIES:
+                continue
+            seen.add(labels[t])
+            group = sorted(int(kept_idx[i]) for i in flagged if labels[kept_idx[i]] == labels[t])
+            t = group[0]  # a group is described by its first position
+            first, last, direction = _strongest_run(np.nan_to_num(contrast[:, t]), valid[:, t], stands[:, t])
+            others_means = token_means[kept_idx]
+            anomalies.append(Anomaly(
+                "profile", group, labels[t], any(token_kinds[i] in ("special", "template") for i in group),
+                float(token_means[t]),
+                float(np.nanmedian(np.delete(others_means, np.isin(kept_idx, group)))),
+                run=(layers[first], layers[last]), direction=direction,
+                run_mean=float(np.nanmean(v[first:last + 1, t])),
+                run_median=float(np.nanmean(layer_medians[first:last + 1])),
+                distance=float(nearest[np.flatnonzero(kept_idx == t)[0]]), typical_distance=typical,
+                token_kind=token_kinds[t],
+            ))
+
+    highlights = sorted((f for f in tokens if f.stands_out and not f.set_aside),
+                        key=lambda f: (-f.peak_contrast, f.index))
+    runs = sorted((f for f in tokens if f.sustained and not f.set_aside),
+                  key=lambda f: (-f.run_length, -(f.sustained_mean or 0), f.index))
+    for band in bands:
+        band.peaks = [f.index for f in highlights if band.first_layer <= f.peak_layer <= band.last_layer]
+        if band.kind == "differentiating":
+            first, last = band.rows
+            band_means = _quiet(np.nanmean, ur[first:last + 1], axis=0)
+            order = np.argsort(-np.nan_to_num(band_means, nan=-1), kind="stable")
+            band.high_tokens = [int(np.flatnonzero(kept)[i]) for i in order if band_means[i] >= HIGH]
+
+    means_order = np.argsort(-np.nan_to_num(layer_means, nan=-np.inf), kind="stable")
+    findings = Findings(
+        n_layers=n_layers, n_tokens=n_tokens, layers=layers, labels=labels,
+        low=low, high=high, raw_low=raw_low, raw_high=raw_high, nan_cells=int((~valid).sum()), constant=constant,
+        scale_low=scale_low, scale_high=scale_high,
+        layer_means=[float(m) for m in layer_means], layer_medians=[float(m) for m in layer_medians],
+        top_layers=[] if constant else [layers[i] for i in means_order[:min(3, n_layers)]],
+        bands=bands, tokens=tokens, highlights=highlights, runs=runs, anomalies=anomalies,
+        set_aside=list(dominant), min_run=min_run, trend=None if constant else _trend(layer_means, layers, span),
+        token_kinds=token_kinds,
     )
+    findings.observations = _observations(findings, heatmap)
+    return findings
+
+
+def _trend(layer_means: np.ndarray, layers: list[int], span: float) -> dict | None:
+    """Whether the layer means rise or fall with depth: Spearman's rho and the change first -> last layer."""
+    ok = ~np.isnan(layer_means)
+    if ok.sum() < 4 or span <= 0:
+        return None
+    means = layer_means[ok]
+    ranks = np.argsort(np.argsort(means, kind="stable"), kind="stable").astype(float)
+    depth = np.arange(len(means), dtype=float)
+    if ranks.std() == 0:
+        return None
+    rho = float(np.corrcoef(depth, ranks)[0, 1])
+    rows = np.flatnonzero(ok)
+    change = (means[-1] - means[0]) / span
+    if abs(rho) < TREND_RHO or abs(change) < TREND_CHANGE or np.sign(change) != np.sign(rho):
+        return None
+    return {"direction": "rises" if rho > 0 else "falls", "rho": rho,
+            "first_layer": layers[rows[0]], "last_layer": layers[rows[-1]],
+            "first": float(means[0]), "last": float(means[-1])}
+
+
+def _observations(f: Findings, heatmap: Heatmap) -> list[Observation]:
+    """Candidate sentences with a salience score; the best `MAX_OBSERVATIONS`, most salient first."""
+    out: list[Observation] = []
+    for a in f.dominant:
+        out.append(Observation("sink", 1.0, {"anomaly": a, "attention": heatmap.metric.startswith("attention")
+                                             and "entropy" not in heatmap.metric}))
+    if f.constant:
+        out.append(Observation("flat", 1.0, {"value": f.low}))
+        return out
+    if len(f.bands) >= 2:
+        onset = next((b for i, b in enumerate(f.bands) if b.kind not in UNIFORM and i > 0
+                      and all(x.kind in UNIFORM for x in f.bands[:i])), None)
+        out.append(Observation("structure", 0.9, {"bands": f.bands, "onset": onset}))
+    if f.trend:
+        out.append(Observation("trend", 0.85, dict(f.trend)))
+    # a token reported as an anomaly gets no second observation: the others are "apart from the anomalies"
+    anomalous = {i for a in f.anomalies for i in a.indices}
+    spikes = [h for h in f.highlights if h.index not in anomalous]
+    if spikes:
+        top = spikes[0]
+        out.append(Observation("spike", 0.5 + 0.4 * min(1.0, top.peak_contrast),
+                               {"token": top, "besides": spikes[0] is not f.highlights[0]}))
+    runs = [r for r in f.runs if r.index not in anomalous]
+    if runs:
+        best = runs[0]
+        out.append(Observation("run", 0.55 + 0.3 * min(1.0, best.run_length / max(f.n_layers, 1)),
+                               {"token": best, "besides": runs[0] is not f.runs[0]}))
+    if len(f.highlights) >= 3 and f.n_layers >= 6:
+        cut = f.layers[f.n_layers - f.n_layers // 3]  # the top third of the layers
+        late = [h for h in f.highlights if h.peak_layer >= cut]
+        share = len(late) / len(f.highlights)
+        if share >= 0.5:
+            out.append(Observation("late", 0.4 + 0.4 * share, {
+                "tokens": late, "count": len(late), "total": len(f.highlights), "first_layer": cut,
+                "last_layer": f.layers[-1]}))
+    for a in f.profile_anomalies:
+        out.append(Observation("anomaly", 0.7, {"anomaly": a}))
+    if not f.highlights and not f.runs:
+        out.append(Observation("flat", 0.6, {"value": None}))
+    out.sort(key=lambda o: -o.score)
+    return out[:MAX_OBSERVATIONS]

@@ -47,8 +47,12 @@ _PACKAGE = Path(__file__).parent
 NUMERIC_SOURCES = [_PACKAGE / name for name in ("metrics.py", "extract.py", "models.py")]
 
 
-def cache_key(model_fingerprint: str, text: str, metric: str) -> str:
-    """Everything that determines the raw values (normalisation and styling are applied later)."""
+def cache_key(model_fingerprint: str, text: str, metric: str, options: dict[str, Any] | None = None) -> str:
+    """Everything that determines the raw values (normalisation and styling are applied later).
+
+    `options`: the spec's options that change the numbers (heads, layers, chat, generate, dtype...), only
+    those that differ from their defaults, so that a block without options keeps its key.
+    """
     material = {
         "format": FORMAT,
         "model": model_fingerprint,
@@ -57,6 +61,8 @@ def cache_key(model_fingerprint: str, text: str, metric: str) -> str:
         "code": source_hash(*NUMERIC_SOURCES),
         **library_versions(),
     }
+    if options:
+        material["options"] = options
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
@@ -64,6 +70,7 @@ class Cache:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         self.problems: list[str] = []  # entries found unusable, for the caller to report
+        self.writable = True  # False once a write failed: later puts are skipped
 
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.npz"
@@ -120,6 +127,8 @@ class Cache:
             return None
 
     def put(self, key: str, heatmap: Heatmap) -> None:
+        if not self.writable:
+            return
         path = self._path(key)
         meta: dict[str, Any] = {"format": FORMAT, "key": key}
         meta.update((f.name, getattr(heatmap, f.name)) for f in fields(heatmap) if f.name != "values")

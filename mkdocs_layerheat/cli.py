@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from .heatmap import NORMALIZATIONS
-from .metrics import METRICS
+from .metrics import AGGREGATES, METRICS
+from .models import DTYPES
 
 
 @click.group()
@@ -20,23 +21,53 @@ def main() -> None:
 @click.option("--model", required=True, help="Local directory, .gguf file or hub id owner/name[@revision].")
 @click.option("--text", help="The text to run through the model.")
 @click.option("--text-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Read the text from a file.")
-@click.option("--metric", type=click.Choice(sorted(METRICS)), default="attention", show_default=True)
+@click.option("--metric", type=click.Choice(list(METRICS)), default="attention", show_default=True)
 @click.option("--normalize", type=click.Choice(NORMALIZATIONS), default="none", show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--query", type=int, help="attention-from: the query token (negative: from the end; default the last).")
+@click.option("--target", help="logit-lens(-rank): a one-token string instead of the next token, e.g. ' Paris'.")
+@click.option("--heads", help="Attention metrics: 0-based heads, e.g. '0,3' or '0-3' (default all).")
+@click.option("--aggregate", type=click.Choice(AGGREGATES), default="mean", show_default=True, help="How heads combine.")
+@click.option("--layers", help="1-based blocks, e.g. '1-12' or '1,5,9' (default all).")
+@click.option("--embeddings", is_flag=True, help="Add layer 0, the embedding output (hidden-norm, logit-lens).")
+@click.option("--chat", is_flag=True, help="Wrap the text as one user message with the model's chat template.")
+@click.option("--generate", type=click.IntRange(min=0), default=0, help="Append a greedy continuation of up to N tokens.")
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
+@click.option("--device-map", type=click.Choice(["auto"]), help="auto: spread the model over several devices.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's repository to run its own code.")
 @click.option("--max-tokens", type=int, default=4096, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON here (default: stdout).")
-def extract(model, text, text_file, metric, normalize, device, max_tokens, output) -> None:
+def extract(
+    model, text, text_file, metric, normalize, query, target, heads, aggregate, layers, embeddings, chat, generate,
+    device, dtype, device_map, trust_remote_code, max_tokens, output,
+) -> None:
     """Run MODEL on a text and write the heatmap as JSON (values[layer][token], bottom layer first)."""
+    import yaml
+
     from . import extract as extraction
     from .models import ModelError, load, resolve
+    from .spec import SpecError, parse_spec
 
     if (text is None) == (text_file is None):
         raise click.UsageError("give exactly one of --text and --text-file")
     if text_file is not None:
         text = text_file.read_text(encoding="utf-8")
+    body = {"model": model, "text": text, "metric": metric, "max_tokens": max_tokens}  # validated like a block
+    body.update((k, v) for k, v in [("query", query), ("target", target), ("heads", heads), ("layers", layers)] if v is not None)
+    body.update((k, v) for k, v in [("aggregate", aggregate), ("embeddings", embeddings)] if v not in ("mean", False))
+    body.update(chat=chat, generate=generate)
     try:
-        loaded = load(resolve(model), device, eager_attention=METRICS[metric].site == "attention")
-        heatmap = extraction.extract(loaded, text, [metric], max_tokens)[metric]
+        spec = parse_spec(yaml.safe_dump(body, allow_unicode=True))
+    except SpecError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        loaded = load(
+            resolve(model), device, eager_attention=METRICS[metric].site == "attention",
+            dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
+        )
+        heatmap = extraction.extract(
+            loaded, spec.text, [spec.request()], spec.max_tokens, chat=spec.chat, generate=spec.generate
+        )[spec.request()]
     except (ModelError, extraction.ExtractionError) as exc:
         raise click.ClickException(str(exc)) from None
     data = heatmap.to_json(normalize)
@@ -162,3 +193,40 @@ def clear(config_file: Path) -> None:
     directory = _cache_dir(config_file)
     shutil.rmtree(directory, ignore_errors=True)
     click.echo(f"removed {directory}")
+
+
+@main.command()
+@click.argument("heatmap_file", metavar="HEATMAP.json", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print bands, tokens, observations and the text as JSON.")
+@click.option("--templates", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A folder whose summary.md overrides the plugin's own.")
+def summarize(heatmap_file: Path, as_json: bool, templates: Path | None) -> None:
+    """Print the written summary of a heatmap that `layerheat extract` wrote (Markdown, or JSON with --json).
+
+    HEATMAP.json needs `tokens`, `layers` and `values[layer][token]` (null for a cell without a value);
+    `metric`, `model`, `normalize` and `special` are used when present.
+    """
+    import json
+
+    from .analysis import analyze
+    from .heatmap import Heatmap
+    from .narrative import Narrative, summary_json
+    from .render import Renderer, display_labels
+
+    try:
+        data = json.loads(heatmap_file.read_text(encoding="utf-8"))
+        heatmap = Heatmap.from_dict(data)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise click.ClickException(f"{heatmap_file}: not a heatmap JSON ({exc})") from None
+    normalize = data.get("normalize") or "none"
+    if normalize not in NORMALIZATIONS:
+        raise click.ClickException(f"{heatmap_file}: unknown normalize {normalize!r}")
+    labels = display_labels(heatmap.tokens)
+    findings = analyze(heatmap, heatmap.values, labels)
+    narrative: Narrative = Renderer(templates).narrative
+    raw_known = normalize == "none"  # a normalised file no longer holds the raw values
+    if as_json:
+        document = summary_json(heatmap, findings, narrative, normalize, raw_known)
+        sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+    else:
+        sys.stdout.write(narrative.markdown(heatmap, findings, normalize, raw_known))

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 NORMALIZATIONS = ("none", "global", "layer", "token")
+TOKEN_KINDS = ("text", "special", "template", "generated")
 
 
 @dataclass
@@ -17,7 +18,8 @@ class Heatmap:
     """Raw metric values `[layers, tokens]` (bottom layer first) plus their labels.
 
     Values are stored as computed; `normalized()` gives the 0-1 view a figure shows.
-    `NaN` marks a cell the metric does not define.
+    `NaN` marks a cell the metric does not define. `kinds` says what each token is: part of the
+    author's `text`, a tokenizer `special` token, a chat-`template` token, or `generated` by the model.
     """
 
     values: np.ndarray
@@ -27,14 +29,20 @@ class Heatmap:
     model: str
     special: list[bool] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
+    kinds: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.values = np.asarray(self.values, dtype=np.float32)
         if not self.special:
             self.special = [False] * len(self.tokens)
+        if not self.kinds:
+            self.kinds = ["special" if s else "text" for s in self.special]
         expected = (len(self.layers), len(self.tokens))
-        if self.values.shape != expected or len(self.special) != len(self.tokens):
+        if self.values.shape != expected or len(self.special) != len(self.tokens) or len(self.kinds) != len(self.tokens):
             raise ValueError(f"heatmap shape {self.values.shape} does not match {expected} (layers, tokens)")
+        unknown = set(self.kinds) - set(TOKEN_KINDS)
+        if unknown:
+            raise ValueError(f"unknown token kinds {sorted(unknown)} (one of: {', '.join(TOKEN_KINDS)})")
 
     def normalized(self, mode: str) -> np.ndarray:
         """Values mapped to 0..1 over the whole matrix, per layer (row) or per token (column)."""
@@ -58,6 +66,7 @@ class Heatmap:
             "normalize": normalize,
             "tokens": list(self.tokens),
             "special": list(self.special),
+            "kinds": list(self.kinds),
             "layers": list(self.layers),
             "values": [[None if np.isnan(x) else float(x) for x in row] for row in values],
             "provenance": self.provenance,
@@ -73,6 +82,7 @@ class Heatmap:
             metric=data.get("metric", "unknown"),
             model=data.get("model", "unknown"),
             special=list(data.get("special") or []),
+            kinds=list(data.get("kinds") or []),
             provenance=dict(data.get("provenance") or {}),
         )
 

@@ -1,12 +1,15 @@
-"""One definition per metric: where it hooks into a block and how one layer reduces to a value per token.
+"""One definition per metric: what it measures, where it is taken, which options apply, how a layer reduces.
 
 Importable without torch: tensors only appear inside the reducers, which run during extraction.
+Every reducer works on a batch: hidden states are `[batch, tokens, dim]`, attention weights
+`[batch, heads, queries, keys]`, and `valid` (`[batch, tokens]`, bool) says which positions
+are real tokens rather than padding.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 
 class MetricError(Exception):
@@ -18,50 +21,13 @@ class Metric:
     name: str
     label: str  # short, for the colour bar and tooltips
     definition: str  # one sentence, shown in summaries and docs
-    site: str  # "block" (a transformer block's output) or "attention" (its self-attention module's output)
-    reduce: Callable[[Any, Any, bool], Any]  # (module input hidden states, module output, causal) -> tensor [tokens]
+    site: str  # "attention" (attention weights), "block" (block input/output), "sublayer" or "lens"
+    options: frozenset[str] = frozenset()  # metric-specific spec keys that apply (query, target, heads, aggregate)
+    embeddings: bool = False  # whether layer 0 (the embedding output) is defined
 
 
-def _hidden(output: Any) -> Any:
-    return (output[0] if isinstance(output, tuple) else output)[0].float()
-
-
-def _weights(output: Any) -> Any:
-    """One layer's attention weights `[heads, queries, keys]` from an attention module's output."""
-    weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-    if weights is None:
-        raise MetricError("this model's attention does not return its weights (needs the eager implementation)")
-    return weights[0].float()
-
-
-def _hidden_norm(hidden_in: Any, output: Any, causal: bool) -> Any:
-    return _hidden(output).norm(dim=-1)
-
-
-def _update(hidden_in: Any, output: Any, causal: bool) -> Any:
-    import torch
-
-    return 1 - torch.nn.functional.cosine_similarity(hidden_in[0].float(), _hidden(output), dim=-1)
-
-
-def _attention_entropy(hidden_in: Any, output: Any, causal: bool) -> Any:
-    import torch
-
-    return -torch.special.xlogy(_weights(output), _weights(output)).sum(dim=-1).mean(dim=0)
-
-
-def _attention_received(hidden_in: Any, output: Any, causal: bool) -> Any:
-    weights = _weights(output)
-    received = weights.mean(dim=0).sum(dim=0)  # mean over heads, summed over queries -> [T]
-    n = received.shape[0]
-    if causal:  # key k is seen by the queries k..T-1
-        import torch
-
-        seen_by = torch.arange(n, 0, -1, dtype=received.dtype, device=received.device)
-    else:
-        seen_by = n
-    return received / seen_by
-
+ATTENTION_OPTIONS = frozenset({"heads", "aggregate"})
+AGGREGATES = ("mean", "max")
 
 METRICS: dict[str, Metric] = {
     m.name: m
@@ -74,24 +40,17 @@ METRICS: dict[str, Metric] = {
                 "averaged over those queries and over heads"
             ),
             site="attention",
-            reduce=_attention_received,
+            options=ATTENTION_OPTIONS,
         ),
         Metric(
-            name="hidden-norm",
-            label="hidden-state norm",
-            definition="hidden-state norm: the L2 norm of the token's residual-stream vector at the output of each block",
-            site="block",
-            reduce=_hidden_norm,
-        ),
-        Metric(
-            name="update",
-            label="update",
+            name="attention-from",
+            label="attention from the query",
             definition=(
-                "update: 1 − cosine(h[l−1], h[l]) between the token's hidden state before and after block l, "
-                "i.e. how much the block turns the token's representation"
+                "attention from one query: the attention that the query token pays to each token, averaged over heads "
+                "(tokens the query cannot see are empty)"
             ),
-            site="block",
-            reduce=_update,
+            site="attention",
+            options=ATTENTION_OPTIONS | {"query"},
         ),
         Metric(
             name="attention-entropy",
@@ -101,7 +60,232 @@ METRICS: dict[str, Metric] = {
                 "averaged over heads (low: the token looks at few tokens; high: it spreads its attention)"
             ),
             site="attention",
-            reduce=_attention_entropy,
+            options=ATTENTION_OPTIONS,
+        ),
+        Metric(
+            name="hidden-norm",
+            label="hidden-state norm",
+            definition="hidden-state norm: the L2 norm of the token's residual-stream vector at the output of each block",
+            site="block",
+            embeddings=True,
+        ),
+        Metric(
+            name="update",
+            label="update",
+            definition=(
+                "update: 1 − cosine(h[l−1], h[l]) between the token's hidden state before and after block l, "
+                "i.e. how much the block turns the token's representation"
+            ),
+            site="block",
+        ),
+        Metric(
+            name="attn-norm",
+            label="attention update norm",
+            definition=(
+                "attention-sublayer norm: the L2 norm of what the attention sublayer of block l adds to the token's "
+                "residual stream"
+            ),
+            site="sublayer",
+        ),
+        Metric(
+            name="mlp-norm",
+            label="MLP update norm",
+            definition="MLP-sublayer norm: the L2 norm of what the MLP sublayer of block l adds to the token's residual stream",
+            site="sublayer",
+        ),
+        Metric(
+            name="logit-lens",
+            label="logit-lens probability",
+            definition=(
+                "logit lens: the probability that the model's final norm and unembedding, applied to the hidden state "
+                "after block l, give to the token that comes next (or to the chosen target token)"
+            ),
+            site="lens",
+            options=frozenset({"target"}),
+            embeddings=True,
+        ),
+        Metric(
+            name="logit-lens-rank",
+            label="logit-lens rank",
+            definition=(
+                "logit-lens rank: the rank (1 = top) of the next token (or of the chosen target token) among all tokens "
+                "under the lens of layer l: the model's final norm and unembedding applied to the hidden state"
+            ),
+            site="lens",
+            options=frozenset({"target"}),
+            embeddings=True,
         ),
     )
 }
+
+
+@dataclass(frozen=True)
+class MetricRequest:
+    """One metric with its options: everything that determines a heatmap's rows, given a token sequence."""
+
+    metric: str
+    query: int | None = None  # attention-from: the query position (negative: from the end); None: the last token
+    target: str | None = None  # lens metrics: a single-token string instead of the next token
+    heads: tuple[int, ...] | None = None  # attention metrics: 0-based head indices; None: all heads
+    aggregate: str = "mean"  # attention metrics: how heads combine
+    layers: tuple[int, ...] | None = None  # 1-based block numbers, ascending; None: all blocks
+    embeddings: bool = False  # add layer 0 (the embedding output) where the metric defines it
+
+    def key_options(self) -> dict[str, Any]:
+        """The options that differ from their defaults (the metric name excluded), as plain JSON values."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "metric" and value != f.default:
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+# --------------------------------------------------------------------------- reducers (torch, lazily)
+
+
+@dataclass
+class AttentionStats:
+    """Per-head statistics of one layer's attention, accumulated over chunks of query rows.
+
+    Never holds the `[heads, queries, keys]` weights: each chunk is reduced as it arrives.
+    `queries[q][b]` is the padded position of batch item b's attention-from query for option `q`.
+    """
+
+    valid: Any  # [B, T] bool
+    causal: bool  # used only when the model passes no attention mask
+    received: bool = False
+    entropy: bool = False
+    queries: dict = field(default_factory=dict)
+    sums: Any = None
+    counts: Any = None
+    rows: dict = field(default_factory=dict)
+    chunks: int = 0  # how many chunks of weights arrived
+    _entropies: list = field(default_factory=list)
+
+    def add(self, weights: Any, start: int, mask: Any = None) -> None:
+        """Reduce the weights `[B, H, C, K]` of the queries `start .. start + C - 1` over the keys `0 .. K - 1`.
+
+        Keys after K (left out of a chunk because none of its queries can see them) count as unseen.
+        Which keys a query can see comes from the model's own attention mask for these rows
+        (`[B, 1, C, K]`, additive or boolean: causal, padding, sliding window...); without one,
+        from causality and padding.
+        """
+        import torch
+
+        w = weights.detach().float()
+        batch, heads, n_queries, n_keys = w.shape
+        length = self.valid.shape[1]
+        self.chunks += 1
+        valid = self.valid.to(w.device)
+        q_valid = valid[:, start : start + n_queries]
+        visible = q_valid[:, :, None] & valid[:, None, :n_keys]
+        if mask is not None and mask.dim() == 4 and mask.shape[-1] == n_keys:
+            allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+            visible = visible & allowed[:, 0].to(w.device).expand(batch, n_queries, n_keys)
+        elif self.causal:
+            q_idx = torch.arange(start, start + n_queries, device=w.device)
+            visible = visible & (torch.arange(n_keys, device=w.device)[None, :] <= q_idx[:, None])[None]
+        if self.received:
+            wide = torch.float32 if w.device.type == "mps" else torch.float64  # MPS has no float64
+            if self.sums is None:
+                self.sums = torch.zeros(batch, heads, length, dtype=wide, device=w.device)
+                self.counts = torch.zeros(batch, length, dtype=wide, device=w.device)
+            # a key the mask hides has weight exactly 0: summing the real queries' rows is enough
+            if bool(q_valid.all()):
+                summed = w.sum(dim=2)
+            else:
+                summed = torch.matmul(q_valid.to(w.dtype)[:, None, None, :], w)[:, :, 0]
+            self.sums[..., :n_keys] += summed.to(wide)
+            self.counts[..., :n_keys] += visible.sum(dim=1).to(wide)
+        if self.entropy:
+            entropy = -torch.special.xlogy(w, w).sum(dim=-1)  # [B, H, C]
+            self._entropies.append(entropy.masked_fill(~q_valid[:, None, :], float("nan")))
+        for key, positions in self.queries.items():
+            rows = self.rows.get(key)
+            if rows is None:
+                rows = self.rows[key] = torch.full((batch, heads, length), float("nan"), device=w.device)
+            for b in range(batch):
+                q = int(positions[b])
+                if start <= q < start + n_queries:
+                    row = w[b, :, q - start].masked_fill(~visible[b, q - start][None, :], float("nan"))
+                    rows[b, :, :n_keys] = row
+
+    def per_head(self, metric: str, query: Any = None) -> Any:
+        """`[B, H, T]` per-head values of an attention metric."""
+        import torch
+
+        if metric == "attention":
+            mean = self.sums / self.counts.clamp(min=1)[:, None, :]
+            return mean.float().masked_fill((self.counts == 0)[:, None, :], float("nan"))
+        if metric == "attention-entropy":
+            return torch.cat(self._entropies, dim=-1)
+        if metric == "attention-from":
+            return self.rows[query]
+        raise KeyError(metric)
+
+
+def combine_heads(per_head: Any, heads: tuple[int, ...] | None, aggregate: str) -> Any:
+    """`[B, H, T]` -> `[B, T]`: the selected heads, averaged or maximised."""
+    if heads is not None:
+        per_head = per_head[:, list(heads)]
+    if aggregate == "max":
+        return per_head.max(dim=1).values
+    return per_head.mean(dim=1)
+
+
+def hidden_norm(hidden: Any) -> Any:
+    return hidden.float().norm(dim=-1)
+
+
+def update(hidden_in: Any, hidden_out: Any) -> Any:
+    """1 - cosine, in float64: near 1 the cosine of float32 vectors would lose every digit of the difference."""
+    import torch
+
+    a, b = _wide(hidden_in), _wide(hidden_out)
+    return 1 - torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-12)
+
+
+def _wide(t: Any) -> Any:
+    """float64 (moved to the CPU from MPS, which has none)."""
+    import torch
+
+    return t.detach().to("cpu", torch.float64) if t.device.type == "mps" else t.detach().double()
+
+
+def sublayer_updates(hidden_in: Any, hidden_out: Any, attn_out: Any, mlp_out: Any, norm_calls: list) -> tuple[Any, Any]:
+    """What the attention and the MLP sublayer of one block add to the residual stream, `[B, T, D]` each.
+
+    Pre-norm blocks (Llama, GPT-2, GPT-NeoX, Gemma...): `h_out = h_in + a + m` with `a` the attention
+    module's output and `m` the MLP's (each passed through its own norm first where the block has
+    "sandwich" norms, found as the norm whose input is that very tensor). Post-norm blocks (BERT):
+    `h_mid = norm1(h_in + a)`, `h_out = norm2(h_mid + m)`, so `a = norm1.input − h_in` and
+    `m = norm2.input − h_mid`. Whichever decomposition reproduces `h_out` is used; if none does,
+    the metric is undefined for this model.
+    """
+    import torch
+
+    tolerance = max(1e-4, 8 * torch.finfo(hidden_out.dtype).eps)  # the model added in its own precision
+    h_in, h_out = hidden_in.float(), hidden_out.float()
+    scale = h_out.abs().max().clamp(min=1e-6)
+
+    def close(x: Any) -> bool:
+        return bool(((x - h_out).abs().max() / scale) < tolerance)
+
+    def after_norm(t: Any) -> Any:
+        for inp, out in norm_calls:
+            if inp is t:
+                return out
+        return t
+
+    if attn_out is not None and mlp_out is not None:
+        a, m = after_norm(attn_out).float(), after_norm(mlp_out).float()
+        if close(h_in + a + m):
+            return a, m
+    if len(norm_calls) >= 2 and close(norm_calls[-1][1].float()):
+        (in1, out1), (in2, _) = norm_calls[-2], norm_calls[-1]
+        return in1.float() - h_in, in2.float() - out1.float()
+    raise MetricError(
+        "cannot split this model's block into residual + attention + MLP "
+        "(neither h_out = h_in + attention + MLP nor a post-norm block was found)"
+    )

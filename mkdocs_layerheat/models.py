@@ -7,7 +7,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,9 +117,21 @@ def _hub_commit(ref: ModelRef) -> str:
         raise ModelError(f"hub model '{ref.location}@{revision}' cannot be resolved: {exc}") from None
 
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION_CHUNK_BYTES = 64 << 20  # at most this much attention weights at once, [batch, heads, chunk, keys] float32
+ATTENTION_QUERY_CHUNK = 128  # and at most this many queries per chunk
+ATTENTION_OBSERVERS: dict[int, Any] = {}  # id(attention module) -> what receives its weights, chunk by chunk
+
+
 @dataclass
 class LoadedModel:
-    """A model ready for extraction, with its blocks and their attention modules located."""
+    """A model ready for extraction, with its blocks and their attention and MLP modules located.
+
+    `attention` says how attention weights can be observed: "layerheat" (our chunked attention
+    function, which calls the model's own eager attention on chunks of queries), "eager" (the
+    weights come back from each attention module) or anything else (they are not available).
+    """
 
     ref: ModelRef
     model: Any
@@ -127,18 +139,81 @@ class LoadedModel:
     causal: bool
     blocks: list[Any]
     attentions: list[Any]
+    mlps: list[Any] = field(default_factory=list)
+    attention: str = "eager"
+    dtype: str = "float32"
+    _head: Any = None  # (modules between the last block and the unembedding, unembedding), found on first use
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.model.config.get_text_config().num_attention_heads)
+
+    @property
+    def device(self) -> Any:
+        return next(self.model.parameters()).device
+
+    def lens_head(self) -> tuple[list[Any], Any]:
+        """What turns the last block's output into logits: the modules in between (the final norm) and the unembedding."""
+        if self._head is None:
+            self._head = locate_head(self.model, self.blocks)
+        return self._head
 
 
-def load(ref: ModelRef, device: str = "cpu", eager_attention: bool = True, converted: Path | None = None) -> LoadedModel:
-    """Load weights and tokenizer in float32, in eval mode, with blocks and attention modules located.
+def resolve_device(device: str) -> str:
+    """`auto`: CUDA when available, then MPS, else the CPU; other values are passed to torch as they are."""
+    if device != "auto":
+        return device
+    import torch
 
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """`auto`: float32 on the CPU; on an accelerator, bfloat16 (float16 on MPS) -- half the memory, a little less exact."""
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype '{dtype}' (one of: {', '.join(DTYPES)})")
+    if dtype != "auto":
+        return dtype
+    kind = str(device).split(":")[0]
+    if kind == "cuda":
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float16" if kind == "mps" else "float32"
+
+
+def load(
+    ref: ModelRef,
+    device: str = "cpu",
+    eager_attention: bool = True,
+    converted: Path | None = None,
+    dtype: str = "float32",
+    device_map: str | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load weights and tokenizer in eval mode, with blocks, attention and MLP modules located.
+
+    `eager_attention`: attention weights will be needed (chunked attention where the model supports the
+    attention interface, else the eager implementation); otherwise the model keeps its default (SDPA).
     A .gguf model is dequantised once into `converted` (when given) and loaded from there afterwards.
+    `device_map="auto"` spreads a model larger than one device over several through accelerate.
     """
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one log line per model is ours to print
+    register_attention()
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     kwargs: dict[str, Any] = {}
     location = ref.location
     if ref.kind == "gguf" and converted is not None:
@@ -152,6 +227,9 @@ def load(ref: ModelRef, device: str = "cpu", eager_attention: bool = True, conve
         location, kwargs["gguf_file"] = str(Path(ref.location).parent), Path(ref.location).name
     if ref.revision:
         kwargs["revision"] = ref.revision
+    if trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    placement: dict[str, Any] = {"device_map": device_map} if device_map else {}
     try:
         config = AutoConfig.from_pretrained(location, **kwargs)
         causal = bool(getattr(config, "is_decoder", False)) or any(
@@ -159,14 +237,28 @@ def load(ref: ModelRef, device: str = "cpu", eager_attention: bool = True, conve
         )
         auto = AutoModelForCausalLM if causal else AutoModel
         model = auto.from_pretrained(
-            location, dtype=torch.float32, attn_implementation="eager" if eager_attention else None, **kwargs
+            location,
+            dtype=getattr(torch, dtype),
+            attn_implementation="eager" if eager_attention else None,
+            **placement,
+            **kwargs,
         )
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
     except Exception as exc:
         raise ModelError(f"cannot load model '{ref}': {first_line(exc)}") from None
-    model.to(device).eval()
+    if not device_map:
+        model.to(device)
+    model.eval()
     blocks, attentions = locate(model)
-    return LoadedModel(ref, model, tokenizer, causal, blocks, attentions)
+    mlps = locate_mlps(blocks, attentions)
+    attention = model.config._attn_implementation or "eager"
+    if eager_attention and _chunkable(model, attentions):
+        try:
+            model.set_attn_implementation("layerheat")
+            attention = "layerheat"
+        except (ValueError, KeyError, ImportError, NotImplementedError):
+            pass  # keep the eager implementation: the weights come back from each attention module
+    return LoadedModel(ref, model, tokenizer, causal, blocks, attentions, mlps, attention, dtype)
 
 
 def first_line(exc: Exception) -> str:
@@ -194,6 +286,155 @@ def locate(model: Any) -> tuple[list[Any], list[Any]]:
         ]
         attentions.append(found[0][1] if found else None)
     return blocks, attentions
+
+
+_MLP_NAMES = ("mlp", "feed_forward", "feedforward", "ffn", "ff", "moe", "block_sparse_moe")
+
+
+def locate_mlps(blocks: list[Any], attentions: list[Any]) -> list[Any]:
+    """Each block's MLP (feed-forward) module, or None where the block has no single one (BERT splits it in two).
+
+    The shallowest submodule outside the attention whose attribute name or class name says MLP,
+    feed-forward, FFN or mixture of experts.
+    """
+    out = []
+    for block, attention in zip(blocks, attentions):
+        inside_attention = {id(m) for m in attention.modules()} if attention is not None else set()
+        best = None
+        for name, module in block.named_modules():
+            if not name or id(module) in inside_attention:
+                continue
+            leaf = name.rsplit(".", 1)[-1].lower()
+            cls = type(module).__name__.lower()
+            named = leaf in _MLP_NAMES or any(k in cls for k in ("mlp", "feedforward", "moe"))
+            if named and (best is None or name.count(".") < best[0].count(".")):
+                best = (name, module)
+        out.append(best[1] if best else None)
+    return out
+
+
+def locate_head(model: Any, blocks: list[Any]) -> tuple[list[Any], Any]:
+    """The modules that turn the last block's output into the unembedding's input (the final norm), and the unembedding.
+
+    Found by watching a two-token forward pass: starting from the last block's output, follow the
+    modules that take the previous one's output, until the unembedding (`get_output_embeddings()`)
+    is reached. Raises `ModelError` for a model without a language-model head (an encoder).
+    """
+    import torch
+
+    unembedding = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if unembedding is None:
+        raise ModelError(
+            f"{type(model).__name__} has no language-model head (no output embedding to next-token logits)"
+        )
+    inside = {id(m) for b in blocks for m in b.modules()}
+    calls: list[tuple[Any, Any, Any]] = []  # (module, input, output), in call order; references keep storage alive
+    last: list[Any] = []
+
+    def watch(module, args, output):
+        if args and torch.is_tensor(args[0]) and torch.is_tensor(output):
+            calls.append((module, args[0], output))
+
+    def watch_last(module, args, kwargs, output):
+        last.append(output[0] if isinstance(output, tuple) else output)
+        calls.clear()
+
+    handles = [blocks[-1].register_forward_hook(watch_last, with_kwargs=True)]
+    handles += [m.register_forward_hook(watch) for m in model.modules() if id(m) not in inside and m is not model]
+    device = next(model.parameters()).device
+    vocab = model.config.get_text_config().vocab_size
+    try:
+        with torch.inference_mode():
+            model(input_ids=torch.tensor([[1 % vocab, 2 % vocab]], device=device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+
+    def same(a: Any, b: Any) -> bool:
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+    chain: list[Any] = []
+    current = last[-1] if last else None
+    for _ in range(8):
+        if current is None:
+            break
+        for module, inp, out in calls:
+            if module is unembedding and same(inp, current):
+                return chain, unembedding
+        step = next(((m, o) for m, i, o in calls if m is not unembedding and same(i, current) and m not in chain), None)
+        if step is None:
+            break
+        chain.append(step[0])
+        current = step[1]
+    raise ModelError(f"cannot find the path from the last block to the unembedding of {type(model).__name__}")
+
+
+def _chunkable(model: Any, attentions: list[Any]) -> bool:
+    """Whether every attention module goes through transformers' attention interface and has an eager function to call."""
+    if not getattr(model, "_supports_attention_backend", False) or not model._can_set_attn_implementation():
+        return False
+    return all(a is not None and _eager_function(a) is not None for a in attentions)
+
+
+def _eager_function(module: Any) -> Any:
+    import sys
+
+    return getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+
+
+def register_attention() -> None:
+    """Register "layerheat" with transformers: the model's own eager attention, run on chunks of queries.
+
+    Each chunk's weights `[batch, heads, chunk, keys]` go to the observer registered for that module in
+    `ATTENTION_OBSERVERS` (if any) and are dropped: the full `[heads, T, T]` tensor never exists.
+    The mask is transformers' eager (additive float) mask, as for the eager implementation.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register("layerheat", _chunked_attention)
+    AttentionMaskInterface.register("layerheat", eager_mask)
+
+
+def _chunked_attention(module, query, key, value, attention_mask, *args, **kwargs):
+    import torch
+
+    eager = _eager_function(module)
+    observer = ATTENTION_OBSERVERS.get(id(module))
+    batch, heads, n_queries = query.shape[:3]
+    n_keys = key.shape[-2]
+    # small chunks even when memory allows more: they stay in the CPU's caches, and under a causal
+    # mask each chunk skips the keys after it (half the work on long texts)
+    chunk = max(1, min(ATTENTION_QUERY_CHUNK, ATTENTION_CHUNK_BYTES // max(1, batch * heads * n_keys * 4)))
+    if n_queries <= chunk:
+        out, weights = eager(module, query, key, value, attention_mask, *args, **kwargs)
+        if observer is not None:
+            observer.add(weights, 0, attention_mask)
+        return out, None
+    outs = []
+    for start in range(0, n_queries, chunk):
+        mask, end = attention_mask, n_keys
+        if mask is not None and mask.dim() == 4 and mask.shape[-2] == n_queries:
+            mask = mask[:, :, start : start + chunk]
+            end = _last_visible_key(mask) + 1  # keys that no query of the chunk can see weigh exactly 0
+            mask = mask[..., :end]
+        out, weights = eager(
+            module, query[:, :, start : start + chunk], key[:, :, :end], value[:, :, :end], mask, *args, **kwargs
+        )
+        if observer is not None:
+            observer.add(weights, start, mask)
+        del weights
+        outs.append(out)
+    return torch.cat(outs, dim=1), None
+
+
+def _last_visible_key(mask: Any) -> int:
+    """The last key column that some query row of an (additive or boolean) mask chunk may attend to."""
+    import torch
+
+    allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    columns = allowed.flatten(0, -2).any(dim=0).nonzero()
+    return int(columns[-1]) if len(columns) else mask.shape[-1] - 1
 
 
 def _matching(root: Any, spec: Any) -> list[tuple[str, Any]]:

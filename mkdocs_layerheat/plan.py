@@ -6,6 +6,7 @@ import gc
 import logging
 import time
 from collections import OrderedDict, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ class Settings:
     base_dir: Path  # model paths resolve against it (the folder of mkdocs.yml)
     cache_dir: Path
     device: str = "cpu"
+    dtype: str = "float32"  # auto | float32 | bfloat16 | float16
+    device_map: str | None = None  # "auto": spread over the devices through accelerate
+    trust_remote_code: tuple[str, ...] = ()  # model aliases (or references) allowed to run their own code
     refresh: bool = False  # recompute even what the cache holds
     keep_models: int = 0  # models kept loaded after the build (mkdocs serve)
 
@@ -68,7 +72,7 @@ def keys_for(specs: list[HeatmapSpec], settings: Settings) -> Keys:
                 found.errors[spec] = str(exc)
                 continue
             by_target.setdefault(target, manifest[target])
-        found.keys[spec] = cache_key(by_target[target], spec.text, spec.metric)
+        found.keys[spec] = cache_key(by_target[target], spec.text, spec.metric, _key_options(spec, settings))
     if any(manifest.get(t) != f for t, f in by_target.items()):
         cache.save_manifest({**manifest, **by_target})
     return found
@@ -92,7 +96,7 @@ def run(specs: list[HeatmapSpec], settings: Settings, log=_log) -> dict[HeatmapS
         else:
             outcomes[spec] = Outcome(error=f"model '{spec.model}' is not on this machine and the cache has no entry")
     if misses:
-        with cache.lock():
+        with _lock(cache, log):
             for ref, todo in misses.items():
                 _compute_model(ref, todo, found, cache, settings, outcomes, log, cached.pop(ref, 0))
     for model, count in cached.items():
@@ -110,28 +114,57 @@ def run(specs: list[HeatmapSpec], settings: Settings, log=_log) -> dict[HeatmapS
     return outcomes
 
 
+@contextmanager
+def _lock(cache: Cache, log):
+    """Hold the cache's lock while computing; a cache that cannot be locked (read-only) is used unlocked."""
+    try:
+        lock = cache.lock()
+        lock.acquire()
+    except OSError as exc:
+        log.warning(f"cannot write to the cache {cache.directory} ({exc.strerror or exc}); computing without caching")
+        cache.writable = False
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _key_options(spec: HeatmapSpec, settings: Settings) -> dict[str, Any]:
+    """The spec's options that change the numbers, and the dtype when it is not the default."""
+    options = spec.key_options()
+    if settings.dtype != "float32":
+        options["dtype"] = settings.dtype if settings.dtype != "auto" else f"auto@{settings.device}"
+    return options
+
+
 def _acquire(ref: ModelRef, settings: Settings, eager: bool, model_fingerprint: str) -> Any:
     """A loaded model: from the pool kept between builds, or loaded now."""
     from .models import load
 
-    key = (ref, settings.device, eager)
+    key = (ref, settings.device, settings.dtype, eager)
     if key in _pool:
         _pool.move_to_end(key)
         return _pool[key]
     converted = Cache(settings.cache_dir).converted_dir(model_fingerprint)
-    return load(ref, settings.device, eager_attention=eager, converted=converted)
+    trust = ref.name in settings.trust_remote_code or settings.aliases.get(ref.name, ref.name) in settings.trust_remote_code
+    return load(
+        ref, settings.device, eager_attention=eager, converted=converted,
+        dtype=settings.dtype, device_map=settings.device_map, trust_remote_code=trust,
+    )
 
 
 def _release(ref: ModelRef, settings: Settings, eager: bool, loaded: Any) -> None:
     """Keep the model for the next build when asked to (LRU), else free it now."""
-    _pool[(ref, settings.device, eager)] = loaded
+    _pool[(ref, settings.device, settings.dtype, eager)] = loaded
     while len(_pool) > settings.keep_models:
         _pool.popitem(last=False)
 
 
 def _compute_model(ref, specs, found: Keys, cache: Cache, settings: Settings, outcomes, log, cached: int) -> None:
     """Run every missing text of one model (one pass per text for all its metrics), loading the model once."""
-    from .extract import ExtractionError, extract
+    from .extract import ExtractionError, extract_specs
 
     pending = []
     for spec in specs:  # another build may have filled the cache while we waited for the lock
@@ -152,26 +185,16 @@ def _compute_model(ref, specs, found: Keys, cache: Cache, settings: Settings, ou
             outcomes[spec] = Outcome(error=str(exc))
         return
     loaded_at = time.perf_counter()
-    by_text: dict[tuple[str, int], list[HeatmapSpec]] = defaultdict(list)
-    for spec in pending:
-        by_text[spec.text, spec.max_tokens].append(spec)
-    unwritable = False
-    for (text, max_tokens), group in by_text.items():
-        metrics = sorted({s.metric for s in group})
-        try:
-            heatmaps = extract(loaded, text, metrics, max_tokens)
-        except ExtractionError as exc:
-            for spec in group:
-                outcomes[spec] = Outcome(error=str(exc))
+    for spec, result in extract_specs(loaded, pending).items():  # texts batched, one pass per batch
+        if isinstance(result, ExtractionError):
+            outcomes[spec] = Outcome(error=str(result))
             continue
-        for spec in group:
-            outcomes[spec] = Outcome(heatmaps[spec.metric], computed=True, key=found.keys[spec])
-            try:
-                cache.put(found.keys[spec], heatmaps[spec.metric])
-            except OSError as exc:
-                if not unwritable:
-                    log.warning(f"cannot write to the cache {cache.directory} ({exc.strerror}); computing without caching")
-                unwritable = True
+        outcomes[spec] = Outcome(result, computed=True, key=found.keys[spec])
+        try:
+            cache.put(found.keys[spec], result)
+        except OSError as exc:
+            log.warning(f"cannot write to the cache {cache.directory} ({exc.strerror}); computing without caching")
+            cache.writable = False
     done = time.perf_counter()
     log.info(
         f"model {ref}: {len(pending) + cached} heatmaps, {cached} cached, {len(pending)} computed "

@@ -13,12 +13,13 @@ from mkdocs.config import base
 from mkdocs.config import config_options as c
 from mkdocs.plugins import BasePlugin, get_plugin_logger
 from mkdocs.structure.files import File, Files
+from mkdocs.utils import get_relative_url
 
 from . import plan
 from .cache import Cache
 from .analysis import analyze
 from .directives import Block, find_blocks, replace_blocks, specs_in
-from .render import ASSETS, Renderer, display_labels
+from .render import ASSETS, Renderer, data_csv, display_labels
 from .spec import HeatmapSpec, SpecError, parse_spec
 
 log = get_plugin_logger("layerheat")
@@ -31,7 +32,13 @@ class LayerheatConfig(base.Config):
     cache_dir = c.Type(str, default=".cache/layerheat")
     """Where computed heatmaps are kept, relative to mkdocs.yml."""
     device = c.Type(str, default="cpu")
-    """Torch device for extraction (`cpu`, `cuda`, `cuda:1`, `mps`)."""
+    """Torch device for extraction (`auto`, `cpu`, `cuda`, `cuda:1`, `mps`)."""
+    dtype = c.Choice(("auto", "float32", "bfloat16", "float16"), default="float32")
+    """Weights and activations: `float32` (exact, the same numbers everywhere), `bfloat16`/`float16`, or `auto`."""
+    device_map = c.Optional(c.Choice(("auto",)))
+    """`auto`: spread a model larger than one device over all of them (accelerate)."""
+    trust_remote_code = c.ListOfItems(c.Type(str), default=[])
+    """Model aliases allowed to run code from their repository (never settable from a page)."""
     enabled = c.Type(bool, default=True)
     """When false, blocks render as a placeholder and no model is run."""
     refresh = c.Type(bool, default=False)
@@ -40,6 +47,10 @@ class LayerheatConfig(base.Config):
     """Under `mkdocs serve`, how many loaded models stay in memory between rebuilds."""
     templates = c.Optional(c.Dir(exists=True))
     """A folder of Jinja2 templates overriding the plugin's own (`heatmap.html`, `summary.html`, `error.html`)."""
+
+
+def _data_uri(key: str) -> str:
+    return f"{ASSET_DIR}/data/{key[:16]}"
 
 
 def _bokeh_js() -> Path:
@@ -72,6 +83,9 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
             base_dir=project_dir,
             cache_dir=project_dir / self.config.cache_dir,
             device=self.config.device,
+            dtype=self.config.dtype,
+            device_map=self.config.device_map,
+            trust_remote_code=tuple(self.config.trust_remote_code),
             refresh=self.config.refresh or os.environ.get("LAYERHEAT_REFRESH", "") not in ("", "0"),
             keep_models=self.config.keep_models if self.serving else 0,
         )
@@ -84,6 +98,10 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
             files.append(File.generated(config, f"{ASSET_DIR}/{name}", abs_src_path=str(source)))
         specs = [spec for file in files.documentation_pages() for spec in specs_in(file.content_string, config.docs_dir)]
         self.outcomes = plan.run(specs, self.settings(config), log)
+        exported = {o.key: o.heatmap for o in self.outcomes.values() if o.heatmap is not None}
+        for key, heatmap in exported.items():  # the "data" links of the figures
+            for suffix, content in ((".csv", data_csv(heatmap)), (".json", heatmap.to_json())):
+                files.append(File.generated(config, _data_uri(key) + suffix, content=content))
         return files
 
     def on_page_markdown(self, markdown: str, page, config, files) -> str:
@@ -91,17 +109,16 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
         if not blocks:
             return markdown
         page_path = os.path.relpath(page.file.abs_src_path or page.file.src_uri, self.project_dir)
-        counter = iter(range(1, len(blocks) + 1))
+        numbers = {block.line: n for n, block in enumerate(blocks, start=1)}
 
         def figure(block: Block) -> str:
-            number = next(counter)
             placeholder = f"LAYERHEAT{self.nonce}X{len(self.figures)}X"
-            self.figures[placeholder] = self._figure_html(block, page_path, f"layerheat-{number}", config)
+            self.figures[placeholder] = self._figure_html(block, page_path, numbers[block.line], page, config)
             return placeholder
 
         return replace_blocks(markdown, blocks, figure)
 
-    def _figure_html(self, block: Block, page_path: str, target_id: str, config) -> str:
+    def _figure_html(self, block: Block, page_path: str, number: int, page, config) -> str:
         where = f"{page_path}:{block.line}"
         if not block.terminated:
             return self._error(where, "unterminated layerheat fence (no closing ``` found)")
@@ -115,13 +132,19 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
         if outcome.error:
             return self._error(where, outcome.error)
         cache = Cache(self.settings(config).cache_dir)
-        key = hashlib.sha256(repr((outcome.key, spec, target_id, self.renderer.fingerprint)).encode()).hexdigest()
+        data_url = get_relative_url(_data_uri(outcome.key), page.url)
+        key = hashlib.sha256(repr((outcome.key, spec, number, data_url, self.renderer.fingerprint)).encode()).hexdigest()
         html = cache.get_rendered(key)
         if html is None:
             heatmap = outcome.heatmap
             values = heatmap.normalized(spec.normalize)
             labels = display_labels(heatmap.tokens)
-            html = self.renderer.figure(target_id, heatmap, values, labels, spec, analyze(heatmap, values, labels))
+            try:
+                findings = analyze(heatmap, values, labels)
+                html = self.renderer.figure(number, heatmap, values, labels, spec, findings, data_url=data_url)
+            except Exception as exc:  # one figure that cannot be drawn must not take the site down
+                log.debug("rendering failed", exc_info=True)
+                return self._error(where, f"cannot render this heatmap: {type(exc).__name__}: {exc}")
             cache.put_rendered(key, html)
         return html
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -56,48 +59,59 @@ def _palette() -> tuple[str, ...]:
     return interp_palette(YlOrBr9[::-1], 256)
 
 
-def figure_item(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: str, title: str) -> dict:
-    """The Bokeh figure as a `json_item`, to embed with `Bokeh.embed.embed_item`."""
+# Hover text for a cell of the image: "$x{token}" names the token, "$x{raw}" gives the raw value
+# before normalisation, "$y{layer}" the layer label. Cells are looked up from the pointer's data coordinates.
+_HOVER_CELL = """
+const n = labels.length, i = Math.max(0, Math.min(n - 1, Math.round(special_vars.x)));
+const j = Math.max(0, Math.min(layers.length - 1, Math.round(special_vars.y)));
+if (format === "token") return labels[i] + " (position " + i + ")";
+if (format === "layer") return String(layers[j]);
+const v = raw[j * n + i];
+return Number.isNaN(v) ? "n/a" : v.toFixed(3);
+"""
+
+
+def figure_item(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: str) -> dict:
+    """The Bokeh figure as a `json_item`, to embed with `Bokeh.embed.embed_item`.
+
+    The matrix is one image glyph: its values (and the raw values for the tooltip) travel as
+    base64 float32 arrays, a few bytes per cell, instead of a JSON object per cell.
+    """
     from bokeh.embed import json_item
     from bokeh.models import (
-        BasicTicker, ColorBar, ColumnDataSource, FixedTicker, HoverTool, LinearColorMapper, PrintfTickFormatter,
+        BasicTicker, ColorBar, CustomJSHover, FixedTicker, HoverTool, LinearColorMapper, PrintfTickFormatter,
     )
     from bokeh.plotting import figure
 
     n_layers, n_tokens = values.shape
-    xs, ys = np.meshgrid(np.arange(n_tokens), np.arange(n_layers))
-    source = ColumnDataSource(  # numpy columns travel as base64 typed arrays, not JSON lists of floats
-        {
-            "x": xs.ravel().astype(np.int32),
-            "layer": np.asarray(heatmap.layers, dtype=np.int32)[ys.ravel()],
-            "token": [labels[i] for i in xs.ravel()],
-            "value": values.ravel().astype(np.float32),
-            "raw": heatmap.values.ravel().astype(np.float32),
-        }
-    )
     low, high = (0.0, 1.0) if normalize != "none" else (float(np.nanmin(values)), float(np.nanmax(values)))
     mapper = LinearColorMapper(palette=_palette(), low=low, high=high, nan_color="#d9d9d9")
     fig = figure(
-        title=title or None,
         x_range=(-0.5, n_tokens - 0.5),
-        y_range=(heatmap.layers[0] - 0.5, heatmap.layers[-1] + 0.5),
+        y_range=(-0.5, n_layers - 0.5),  # row i of the matrix sits at y = i, labelled with its layer
         height=figure_height(n_layers),
         sizing_mode="stretch_width",
-        min_width=320,
+        min_width=max(320, 12 * n_tokens + 160),  # long texts scroll sideways rather than squash
         tools="pan,xwheel_zoom,box_zoom,reset,save",
         toolbar_location="above",
     )
-    fig.rect(x="x", y="layer", width=1, height=1, source=source, line_color=None,
-             fill_color={"field": "value", "transform": mapper})
+    image = fig.image(image=[values.astype(np.float32)], x=-0.5, y=-0.5, dw=n_tokens, dh=n_layers, color_mapper=mapper)
     metric = METRICS[heatmap.metric].label if heatmap.metric in METRICS else heatmap.metric
-    tooltips = [("token", "@token (position @x)"), ("layer", "@layer"), (metric, "@value{0.000}")]
+    cell = CustomJSHover(
+        args={"labels": labels, "layers": [str(layer) for layer in heatmap.layers],
+              "raw": heatmap.values.astype(np.float32).ravel()},
+        code=_HOVER_CELL,
+    )
+    tooltips = [("token", "$x{token}"), ("layer", "$y{layer}"), (metric, "@image{0.000}")]
     if normalize != "none":
-        tooltips.append(("raw value", "@raw{0.000}"))
-    fig.add_tools(HoverTool(tooltips=tooltips))
+        tooltips.append(("raw value", "$x{raw}"))
+    fig.add_tools(HoverTool(renderers=[image], tooltips=tooltips, formatters={"$x": cell, "$y": cell}))
     fig.xaxis.ticker = FixedTicker(ticks=list(range(n_tokens)))
     fig.xaxis.major_label_overrides = {i: label for i, label in enumerate(labels)}
     fig.xaxis.major_label_orientation = np.pi / 2 if max(map(len, labels), default=0) > 2 or n_tokens > 30 else 0
-    fig.yaxis.ticker = FixedTicker(ticks=_layer_ticks(heatmap.layers))
+    rows = _layer_ticks(list(range(n_layers)))
+    fig.yaxis.ticker = FixedTicker(ticks=rows)
+    fig.yaxis.major_label_overrides = {i: str(heatmap.layers[i]) for i in rows}
     fig.yaxis.axis_label = "Layer"
     fig.grid.visible = False
     fig.axis.major_tick_line_color = None
@@ -108,6 +122,27 @@ def figure_item(heatmap: Heatmap, values: np.ndarray, labels: list[str], normali
         bar.ticker, bar.formatter = FixedTicker(ticks=[i / 5 for i in range(6)]), PrintfTickFormatter(format="%.1f")
     fig.add_layout(bar, "right")
     return json_item(fig)
+
+
+_BOKEH_ID = re.compile(r'"(id|root_id)":"(p\d+)"')
+
+
+def _stable_ids(payload: str) -> str:
+    """Number Bokeh's model ids by first appearance: the same figure gives the same bytes in any build."""
+    ids: dict[str, str] = {}
+    return _BOKEH_ID.sub(lambda m: f'"{m[1]}":"{ids.setdefault(m[2], f"p{len(ids) + 1}")}"', payload)
+
+
+def data_csv(heatmap: Heatmap) -> str:
+    """The raw matrix in long form, one row per cell: position, token, layer, value (empty where undefined)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["position", "token", "layer", heatmap.metric])
+    for row, layer in enumerate(heatmap.layers):
+        for position, token in enumerate(heatmap.tokens):
+            value = heatmap.values[row, position]
+            writer.writerow([position, token, layer, "" if np.isnan(value) else f"{value:.7g}"])
+    return out.getvalue()
 
 
 def _layer_ticks(layers: list[int]) -> list[int]:
@@ -131,24 +166,41 @@ class Renderer:
         # what rendered HTML depends on besides the values and the block: code, templates, BokehJS
         self.fingerprint = source_hash(*sources) + version("bokeh")
 
-    def summary(self, heatmap: Heatmap, findings: Findings, normalize: str) -> str:
+    @property
+    def narrative(self):
+        """The Markdown summary (`summary.md`), rendered from the same templates (a user's overrides first)."""
+        from .narrative import Narrative
+
+        if getattr(self, "_narrative", None) is None:
+            self._narrative = Narrative(self.env.loader)
+        return self._narrative
+
+    def summary(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool = True) -> str:
+        """The written summary as HTML: the Markdown of `summary.md`, converted, inside `summary.html`."""
+        from .narrative import markdown_to_html
+
+        text = self.narrative.markdown(heatmap, findings, normalize, raw_known)
         metric = METRICS.get(heatmap.metric)
         return self.env.get_template("summary.html").render(
-            heatmap=heatmap,
-            findings=findings,
-            normalize=normalize,
-            definition=metric.definition if metric else heatmap.metric,
-            n_tokens=len(heatmap.tokens),
+            body=markdown_to_html(text), markdown=text, heatmap=heatmap, findings=findings, normalize=normalize,
+            definition=metric.definition if metric else heatmap.metric, n_tokens=len(heatmap.tokens),
         )
 
-    def figure(self, target_id: str, heatmap: Heatmap, values: np.ndarray, labels: list[str], spec, findings) -> str:
-        item = figure_item(heatmap, values, labels, spec.normalize, spec.title)
-        payload = json.dumps(item, separators=(",", ":"))
+    def figure(self, number: int, heatmap: Heatmap, values: np.ndarray, labels: list[str], spec, findings,
+               data_url: str | None = None) -> str:
+        """A numbered, linkable figure: the Bokeh payload, caption, metric definition, data links, summary."""
+        item = figure_item(heatmap, values, labels, spec.normalize)
+        metric = METRICS.get(heatmap.metric)
+        payload = _stable_ids(json.dumps(item, separators=(",", ":")))
         # inside <script>, "</" would end the element early: escape the characters HTML cares about
         payload = payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
         return self.env.get_template("heatmap.html").render(
-            target_id=target_id,
+            number=number,
+            target_id=f"layerheat-{number}",
             spec=spec,
+            model=heatmap.model,
+            definition=metric.definition if metric else heatmap.metric,
+            data_url=data_url,
             payload=payload,
             height=figure_height(len(heatmap.layers)),
             summary=self.summary(heatmap, findings, spec.normalize),

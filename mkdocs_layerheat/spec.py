@@ -5,11 +5,12 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from .heatmap import NORMALIZATIONS
-from .metrics import METRICS
+from .metrics import AGGREGATES, METRICS, MetricRequest
 
 DEFAULT_MAX_TOKENS = 4096
 
@@ -32,9 +33,36 @@ class HeatmapSpec:
     caption: str = ""
     text_file: str | None = None
     max_tokens: int = DEFAULT_MAX_TOKENS
+    query: int | None = None
+    target: str | None = None
+    heads: tuple[int, ...] | None = None
+    aggregate: str = "mean"
+    layers: tuple[int, ...] | None = None
+    embeddings: bool = False
+    chat: bool = False
+    generate: int = 0
+
+    def request(self) -> MetricRequest:
+        """The metric and its options, as extraction takes them."""
+        return MetricRequest(
+            self.metric, self.query, self.target, self.heads, self.aggregate, self.layers, self.embeddings
+        )
+
+    def key_options(self) -> dict[str, Any]:
+        """Every option besides model, text and metric that changes the numbers, where it differs from its default."""
+        out = self.request().key_options()
+        if self.chat:
+            out["chat"] = True
+        if self.generate:
+            out["generate"] = self.generate
+        return out
 
 
-_KEYS = ("model", "text", "text_file", "metric", "normalize", "title", "caption", "max_tokens")
+_KEYS = (
+    "model", "text", "text_file", "metric", "normalize", "title", "caption", "max_tokens",
+    "query", "target", "heads", "aggregate", "layers", "embeddings", "chat", "generate",
+)
+_SITE_KEYS = ("device", "dtype", "device_map", "trust_remote_code")  # mkdocs.yml only, never a page
 
 
 def _did_you_mean(word: str, choices) -> str:
@@ -71,6 +99,12 @@ def parse_spec(body: str, docs_dir: str | Path | None = None) -> HeatmapSpec:
         raise SpecError(f"the block must be a YAML mapping of keys, not a {type(data).__name__}")
 
     for key in data:
+        if key in _SITE_KEYS:
+            raise SpecError(
+                f"'{key}' cannot be set in a page: it is a plugin option in mkdocs.yml"
+                + (" (trust_remote_code: a list of the model aliases allowed to run their own code)" if key == "trust_remote_code" else ""),
+                lines.get(str(key)),
+            )
         if key not in _KEYS:
             raise SpecError(f"unknown key '{key}'{_did_you_mean(key, _KEYS)}", lines.get(str(key)))
 
@@ -107,6 +141,7 @@ def parse_spec(body: str, docs_dir: str | Path | None = None) -> HeatmapSpec:
     if not text or not text.strip():
         raise SpecError("missing or empty 'text' (or 'text_file')", lines.get("text"))
 
+    options = _metric_options(data, lines, metric)
     return HeatmapSpec(
         model=model,
         text=text,
@@ -116,7 +151,97 @@ def parse_spec(body: str, docs_dir: str | Path | None = None) -> HeatmapSpec:
         caption=string("caption", "") or "",
         text_file=text_file,
         max_tokens=max_tokens,
+        **options,
     )
+
+
+def _metric_options(data: dict, lines: dict[str, int], metric: str) -> dict[str, Any]:
+    """query, target, heads, aggregate, layers, embeddings, chat and generate: validated against the metric."""
+    info = METRICS[metric]
+    for key in ("query", "target", "heads", "aggregate"):
+        if key in data and key not in info.options:
+            users = [m.name for m in METRICS.values() if key in m.options]
+            raise SpecError(
+                f"'{key}' does not apply to metric '{metric}' (it applies to: {', '.join(users)})", lines.get(key)
+            )
+    out: dict[str, Any] = {}
+
+    def flag(key: str) -> bool:
+        value = data.get(key, False)
+        if not isinstance(value, bool):
+            raise SpecError(f"'{key}' must be true or false", lines.get(key))
+        return value
+
+    def integer(key: str, minimum: int | None = None) -> int | None:
+        value = data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+            kind = "an integer" if minimum is None else ("a positive integer" if minimum > 0 else "a non-negative integer")
+            raise SpecError(f"'{key}' must be {kind}", lines.get(key))
+        return value
+
+    if "query" in data:
+        out["query"] = integer("query")
+    if "target" in data:
+        target = data["target"]
+        if not isinstance(target, (str, int, float)) or isinstance(target, bool) or str(target) == "":
+            raise SpecError("'target' must be a non-empty string (one token, e.g. \" Paris\")", lines.get("target"))
+        out["target"] = str(target)
+    if "heads" in data:
+        out["heads"] = _numbers(data["heads"], "heads", lines.get("heads"), minimum=0)
+    if "aggregate" in data:
+        aggregate = data["aggregate"]
+        if aggregate not in AGGREGATES:
+            raise SpecError(
+                f"unknown aggregate {aggregate!r}{_did_you_mean(aggregate, AGGREGATES)} (one of: {', '.join(AGGREGATES)})",
+                lines.get("aggregate"),
+            )
+        out["aggregate"] = aggregate
+    if "layers" in data:
+        out["layers"] = _numbers(data["layers"], "layers", lines.get("layers"), minimum=1)
+    if flag("embeddings"):
+        if not info.embeddings:
+            users = [m.name for m in METRICS.values() if m.embeddings]
+            raise SpecError(
+                f"'embeddings' does not apply to metric '{metric}': it has no layer 0 (it applies to: {', '.join(users)})",
+                lines.get("embeddings"),
+            )
+        out["embeddings"] = True
+    out["chat"] = flag("chat")
+    out["generate"] = integer("generate", minimum=0) or 0
+    return out
+
+
+def _numbers(value: Any, key: str, line: int | None, minimum: int) -> tuple[int, ...]:
+    """A list of integers, a single one, or a string of ranges like '1-12' or '0, 3, 5-7': sorted, without repeats."""
+    what = "layer numbers (1-based) like 1-12 or [1, 5, 9]" if key == "layers" else "head indices (0-based) like [0, 3] or 0-3"
+    items = value if isinstance(value, list) else [value]
+    numbers: list[int] = []
+    for item in items:
+        if isinstance(item, bool):
+            raise SpecError(f"'{key}' must be {what}", line)
+        if isinstance(item, int):
+            numbers.append(item)
+            continue
+        if not isinstance(item, str):
+            raise SpecError(f"'{key}' must be {what}", line)
+        for part in filter(None, (p.strip() for p in item.split(","))):
+            low, dash, high = part.partition("-")
+            try:
+                a, b = int(low), int(high) if dash else int(low)
+            except ValueError:
+                raise SpecError(f"'{key}': {part!r} is not a number or a range (must be {what})", line) from None
+            if b < a:
+                raise SpecError(f"'{key}': the range {part!r} is empty (write the smaller number first)", line)
+            numbers.extend(range(a, b + 1))
+    if not numbers:
+        raise SpecError(f"'{key}' is empty: leave it out to use all {key}", line)
+    low = min(numbers)
+    if low < minimum:
+        hint = " (layer 0 is the embedding output: use 'embeddings: true')" if key == "layers" else ""
+        raise SpecError(f"'{key}': {low} is out of range, the first is {minimum}{hint}", line)
+    return tuple(sorted(set(numbers)))
 
 
 def _read_text_file(name: str, docs_dir: str | Path | None, line: int | None) -> str:

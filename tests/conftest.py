@@ -44,6 +44,13 @@ CORPUS = [
 # Ordinary ASCII text: every token decodes to the exact piece of text it stands for.
 SAMPLE_TEXT = "The lazy fox looks back at the quick dog, and the model counts 13 tokens."
 
+# A chat template for the tiny Llama (the others have none): a fixed system turn, then the messages.
+CHAT_TEMPLATE = (
+    "<s>[system] Be brief.</s>"
+    "{% for m in messages %}<s>[{{ m['role'] }}] {{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<s>[assistant]{% endif %}"
+)
+
 # A large initializer range makes attention peaked and heads different from each other,
 # so that averaging over the wrong axis or the wrong queries changes the numbers visibly.
 INIT_RANGE = 0.4
@@ -59,7 +66,14 @@ class TinyModel:
 
 
 def _byte_level_bpe(specials: list[str], bos: str | None):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -82,7 +96,15 @@ def _byte_level_bpe(specials: list[str], bos: str | None):
 
 
 def _wordpiece():
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -111,6 +133,7 @@ def _build(arch: str, root: Path) -> TinyModel:
 
         raw = _byte_level_bpe(["<s>", "</s>", "<unk>"], bos="<s>")
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+        tokenizer.chat_template = CHAT_TEMPLATE
         config = LlamaConfig(
             vocab_size=raw.get_vocab_size(),
             hidden_size=32,
@@ -261,3 +284,52 @@ def reference_models(tiny_models):
 @pytest.fixture(scope="session")
 def reference_model(tiny_model, reference_models):
     return reference_models[tiny_model.arch]
+
+
+MORE_ARCHS = ("neox", "qwen2", "gemma2")
+
+
+def _build_more(arch: str, root: Path, llama: TinyModel) -> TinyModel:
+    """Three more decoder families, with the tiny Llama's tokenizer: the structures the package must find generically.
+
+    GPT-NeoX: parallel residual (attention and MLP both read the block input), fused QKV, partial rotary.
+    Qwen2: grouped-query attention with biases. Gemma2: "sandwich" norms around each sublayer, attention
+    and final-logit soft-capping, sliding-window attention.
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    common = {
+        "vocab_size": llama.raw_tokenizer.get_vocab_size(), "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 3, "num_attention_heads": 4, "max_position_embeddings": 128,
+        "initializer_range": INIT_RANGE,
+    }
+    torch.manual_seed({"neox": 3, "qwen2": 4, "gemma2": 5}[arch])
+    if arch == "neox":
+        from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(**common, use_parallel_residual=True, rotary_pct=0.5))
+    elif arch == "qwen2":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        model = Qwen2ForCausalLM(Qwen2Config(**common, num_key_value_heads=2, tie_word_embeddings=False))
+    else:
+        from transformers import Gemma2Config, Gemma2ForCausalLM
+
+        config = Gemma2Config(
+            **common, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=6,
+            attn_logit_softcapping=5.0, final_logit_softcapping=3.0, pad_token_id=None,
+        )
+        model = Gemma2ForCausalLM(config)
+    _randomize_norms(model)
+    model.eval()
+    path = root / arch
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(llama.path).save_pretrained(path)
+    return TinyModel(arch, path, True, 3, llama.raw_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def more_models(tmp_path_factory, tiny_models) -> dict[str, TinyModel]:
+    root = tmp_path_factory.mktemp("more-models")
+    return {arch: _build_more(arch, root, tiny_models["llama"]) for arch in MORE_ARCHS}

@@ -108,19 +108,19 @@ def payloads(html: str) -> list[dict]:
     return [json.loads(p) for p in found]
 
 
-def figure_columns(item: dict) -> dict:
-    """The data columns of the figure's ColumnDataSource, as lists."""
+def hover_args(item: dict) -> dict:
+    """The arguments of the figure's tooltip formatter: token labels, layer labels, raw values."""
     def walk(node):
         if isinstance(node, dict):
-            if node.get("name") == "ColumnDataSource":
-                yield node["attributes"]["data"]
+            if node.get("name") == "CustomJSHover":
+                yield node["attributes"]["args"]
             for value in node.values():
                 yield from walk(value)
         elif isinstance(node, list):
             for value in node:
                 yield from walk(value)
-    data = next(walk(item["doc"]))
-    return {entry[0]: entry[1] for entry in data["entries"]} if "entries" in data else data
+    args = next(walk(item["doc"]))
+    return dict(args["entries"]) if "entries" in args else args
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +141,9 @@ def test_page_has_an_offline_interactive_heatmap_with_summary(site, first_build)
     items = payloads(html)
     assert len(items) == 1
     assert 'class="layerheat-error' in html  # the bad block is an error box, the good one a figure
-    columns = figure_columns(items[0])
-    tokens = columns["token"]
+    args = hover_args(items[0])
+    tokens = args["labels"]
+    assert args["layers"] == [str(i) for i in range(1, 31)]
     assert tokens[:3] == ["A", "and", "B"]  # readable labels: no Ġ markers, no leading spaces
     assert not any("Ġ" in t or "▁" in t for t in tokens)
     assert "What is plotted." in html and "Trend by depth." in html
@@ -160,8 +161,10 @@ def test_summary_states_facts_of_the_matrix(site, first_build):
     attention = next(h for h in entries if h is not None and h.metric == "attention")
     values = attention.normalized("global").astype(np.float64)
     col_means = values.mean(axis=0)
+    highest_at = np.bincount(values.argmax(axis=1), minlength=values.shape[1])  # layers where a token is highest
     dominant = [t for t in np.argsort(-col_means)[:3]
-                if col_means[t] > max(3 * np.median(col_means), np.median(col_means) + 0.3)]
+                if col_means[t] > max(3 * np.median(col_means), np.median(col_means) + 0.3)
+                and highest_at[t] > values.shape[0] / 2]
     rest = np.delete(values, dominant, axis=1)
     top = [attention.layers[i] for i in np.argsort(-rest.mean(axis=1))[:3]]
     text = re.sub(r"<[^>]+>", "", (site / "site" / "index.html").read_text())

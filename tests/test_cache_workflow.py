@@ -123,3 +123,13 @@ def test_models_stay_loaded_between_builds_when_serving(tmp_path, llama_model, m
         assert not plan._pool  # freed when no model is to be kept
     finally:
         plan._pool.clear()
+
+
+def test_unwritable_cache_degrades_to_computing_with_one_warning(site):
+    (site / "blocker").write_text("a file where the cache folder should be")
+    config = site / "mkdocs.yml"
+    config.write_text(config.read_text().replace("models:", "cache_dir: blocker/cache\n      models:"))
+    build = mkdocs(site)
+    assert build.returncode == 0, build.stderr
+    assert build.stderr.count("WARNING") == 1 and "cannot write to the cache" in build.stderr
+    assert (site / "site" / "index.html").read_text().count('class="layerheat-item"') == 2

@@ -264,3 +264,126 @@ def test_duplicate_key_is_an_error_at_its_second_line():
     with pytest.raises(SpecError, match="duplicate key 'model'") as info:
         parse_spec("model: a\ntext: hi\nmodel: b\n")
     assert info.value.line == 3
+
+
+# --------------------------------------------------------------------------- metric options, chat, generate
+
+
+def test_new_options_default_to_off():
+    spec = parse_spec("model: m\ntext: t")
+    assert (spec.query, spec.target, spec.heads, spec.aggregate, spec.layers) == (None, None, None, "mean", None)
+    assert (spec.embeddings, spec.chat, spec.generate) == (False, False, 0)
+    assert spec.key_options() == {}
+
+
+def test_every_option_given():
+    body = (
+        "model: m\ntext: t\nmetric: attention-from\nquery: -2\nheads: [3, 1, 3]\naggregate: max\n"
+        "layers: 1-3, 7\nchat: true\ngenerate: 20\n"
+    )
+    spec = parse_spec(body)
+    assert (spec.query, spec.heads, spec.aggregate, spec.layers) == (-2, (1, 3), "max", (1, 2, 3, 7))
+    assert (spec.chat, spec.generate) == (True, 20)
+    request = spec.request()
+    assert (request.metric, request.query, request.heads, request.layers) == ("attention-from", -2, (1, 3), (1, 2, 3, 7))
+    assert spec.key_options() == {
+        "query": -2, "heads": [1, 3], "aggregate": "max", "layers": [1, 2, 3, 7], "chat": True, "generate": 20
+    }
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("1-12", tuple(range(1, 13))), ("[2, 4, 6]", (2, 4, 6)), ("5", (5,)), ("'3-4, 1'", (1, 3, 4)), ("[1-2, 9]", (1, 2, 9))],
+)
+def test_layers_forms(value, expected):
+    assert parse_spec(f"model: m\ntext: t\nmetric: hidden-norm\nlayers: {value}").layers == expected
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("[]", "'layers' is empty"),
+        ("0-3", "layer 0 is the embedding output: use 'embeddings: true'"),
+        ("5-2", "the range '5-2' is empty"),
+        ("first", "'first' is not a number or a range"),
+        ("[true]", "'layers' must be layer numbers"),
+        ("{a: 1}", "'layers' must be layer numbers"),
+    ],
+)
+def test_bad_layers(value, message):
+    exc = error(f"model: m\ntext: t\nlayers: {value}")
+    assert message in str(exc)
+    assert exc.line == 3
+
+
+@pytest.mark.parametrize(
+    "value, message", [("[]", "'heads' is empty"), ("[-1]", "'heads': -1 is out of range, the first is 0"), ("x", "not a number")]
+)
+def test_bad_heads(value, message):
+    exc = error(f"model: m\ntext: t\nmetric: attention\nheads: {value}")
+    assert message in str(exc)
+    assert exc.line == 4
+
+
+def test_heads_zero_based():
+    assert parse_spec("model: m\ntext: t\nheads: 0-2").heads == (0, 1, 2)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("metric: hidden-norm\nheads: [1]", "'heads' does not apply to metric 'hidden-norm' (it applies to: attention, attention-from, attention-entropy)"),
+        ("metric: attention\nquery: 3", "'query' does not apply to metric 'attention' (it applies to: attention-from)"),
+        ("metric: update\naggregate: max", "'aggregate' does not apply to metric 'update'"),
+        ("metric: attention\ntarget: x", "'target' does not apply to metric 'attention' (it applies to: logit-lens, logit-lens-rank)"),
+        ("metric: update\nembeddings: true", "'embeddings' does not apply to metric 'update': it has no layer 0 (it applies to: hidden-norm, logit-lens, logit-lens-rank)"),
+        ("metric: attention\nembeddings: true", "'embeddings' does not apply to metric 'attention'"),
+    ],
+)
+def test_options_that_do_not_apply_to_the_metric(body, message):
+    exc = error(f"model: m\ntext: t\n{body}")
+    assert message in str(exc)
+    assert exc.line == 4
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("metric: attention\naggregate: maximum", "unknown aggregate 'maximum' (did you mean 'max'?) (one of: mean, max)"),
+        ("metric: attention-from\nquery: last", "'query' must be an integer"),
+        ("metric: attention-from\nquery: true", "'query' must be an integer"),
+        ("metric: logit-lens\ntarget: ''", "'target' must be a non-empty string"),
+        ("metric: logit-lens\ntarget: [a]", "'target' must be a non-empty string"),
+        ("metric: hidden-norm\nembeddings: yes please", "'embeddings' must be true or false"),
+        ("chat: 1", "'chat' must be true or false"),
+        ("generate: -1", "'generate' must be a non-negative integer"),
+        ("generate: 2.5", "'generate' must be a non-negative integer"),
+    ],
+)
+def test_bad_option_values(body, message):
+    exc = error(f"model: m\ntext: t\n{body}")
+    assert message in str(exc)
+    assert exc.line == 3 + body.count("\n")
+
+
+def test_target_keeps_its_leading_space():
+    assert parse_spec("model: m\ntext: t\nmetric: logit-lens\ntarget: ' Paris'").target == " Paris"
+
+
+def test_embeddings_where_it_makes_sense():
+    for metric in ("hidden-norm", "logit-lens", "logit-lens-rank"):
+        assert parse_spec(f"model: m\ntext: t\nmetric: {metric}\nembeddings: true").embeddings
+
+
+@pytest.mark.parametrize("key", ["trust_remote_code", "device", "dtype", "device_map"])
+def test_site_options_cannot_be_set_in_a_page(key):
+    exc = error(f"model: m\ntext: t\n{key}: true")
+    assert f"'{key}' cannot be set in a page" in str(exc) and "mkdocs.yml" in str(exc)
+    assert exc.line == 3
+
+
+def test_option_changes_the_spec_identity():
+    a = parse_spec("model: m\ntext: t\nmetric: attention\nheads: [1]")
+    b = parse_spec("model: m\ntext: t\nmetric: attention\nheads: 1")
+    c = parse_spec("model: m\ntext: t\nmetric: attention\nheads: [2]")
+    assert a == b and hash(a) == hash(b) and a != c

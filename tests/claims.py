@@ -1,0 +1,456 @@
+"""An independent reader of the written summary: parse every number and token it states, recompute each
+from the matrix with the definitions documented in docs/analysis.md, and fail on any claim that does not hold.
+
+Nothing here imports the analysis: the definitions are re-derived from the documentation.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+HIGH, LOW, STANDS_OUT = 2 / 3, 1 / 3, 0.25
+NUM = r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?"
+CODE_PARTS = r"(`+) ?(.+?) ?\1(?!`)"  # fence, label (used on its own)
+# a code span without capturing groups, for use inside larger patterns (fences of 1 to 4 backticks)
+CODE = "(?:" + "|".join(rf"(?<!`){'`' * n}(?!`) ?[^\n]+? ?(?<!`){'`' * n}(?!`)" for n in (1, 2, 3, 4)) + ")"
+# a token reference: a code span, optionally followed by its position(s)
+TOK = rf"(?:{CODE}(?: \((?:position|positions) [\d, and]+\))?)"
+LAYERS = r"(?:Layers?|layers?) (\d+)(?:–(\d+))?"
+
+
+def close(stated: str, true: float, rel: float = 0.0) -> bool:
+    """Whether `stated` is `true` written with the digits it shows (rounding), allowing float32 slop."""
+    true = float(true)
+    if "e" in stated:
+        mantissa = stated.split("e")[0]
+        digits = len(mantissa.replace("-", "").replace(".", "").lstrip("0")) or 1
+        return math.isclose(float(stated), true, rel_tol=0.5 * 10 ** (1 - digits) + 1e-6, abs_tol=1e-300)
+    decimals = len(stated.split(".")[1]) if "." in stated else 0
+    return abs(float(stated) - true) <= 0.5 * 10 ** -decimals + 1e-6 * max(1.0, abs(true)) + rel
+
+
+def quiet(func, *args, **kwargs):
+    import warnings
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return func(*args, **kwargs)
+
+
+class Reader:
+    """The facts a reader can recompute from the matrix, and the checks of each kind of sentence."""
+
+    def __init__(self, text: str, values: np.ndarray, layers: list[int], labels: list[str], raw: np.ndarray,
+                 special: list[bool] | None = None, kinds: list[str] | None = None, model: str | None = None):
+        self.text = text
+        self.v = np.asarray(values, dtype=np.float64)
+        self.layers = list(layers)
+        self.labels = list(labels)
+        self.raw = np.asarray(raw, dtype=np.float64)
+        self.special = special or [False] * len(labels)
+        self.kinds = kinds or ["special" if x else "text" for x in self.special]
+        self.model = model
+        self.n_layers, self.n_tokens = self.v.shape
+        self.valid = ~np.isnan(self.v)
+        self.problems: list[str] = []
+        self.checked = 0
+        self.set_aside = self._set_aside()
+        self.kept = np.array([t not in self.set_aside for t in range(self.n_tokens)])
+        rest = self.v[:, self.kept]
+        self.lo, self.hi = float(np.nanmin(rest)), float(np.nanmax(rest))
+        self.span = self.hi - self.lo
+        self.u = (self.v - self.lo) / self.span if self.span > 0 else np.where(self.valid, 0.0, np.nan)
+        self.median = quiet(np.nanmedian, rest, axis=1)  # per layer, analysed tokens
+        self.contrast = (self.v - self.median[:, None]) / (self.span if self.span > 0 else 1.0)
+        c = np.nan_to_num(self.contrast, nan=-np.inf)
+        self.stands = (c >= STANDS_OUT - 1e-9) & (np.nan_to_num(self.u, nan=-np.inf) >= LOW - 1e-9)
+        self.layer_means = quiet(np.nanmean, rest, axis=1)
+
+    # -- helpers --------------------------------------------------------------------------------------
+    def fail(self, message: str) -> None:
+        self.problems.append(message)
+
+    def expect(self, ok: bool, message: str) -> None:
+        self.checked += 1
+        if not ok:
+            self.fail(message)
+
+    def row(self, layer: str | int) -> int:
+        layer = int(layer)
+        if layer not in self.layers:
+            self.fail(f"layer {layer} is not a layer of the figure")
+            return 0
+        return self.layers.index(layer)
+
+    def rows(self, first: str, last: str | None) -> tuple[int, int]:
+        return self.row(first), self.row(last if last else first)
+
+    def token(self, ref: str) -> list[int]:
+        """The positions a token reference names (label, with positions when the label repeats)."""
+        m = re.match(CODE_PARTS + r"(?: \((?:position|positions) ([\d, and]+)\))?", ref)
+        label = m.group(2)
+        positions = [int(x) for x in re.findall(r"\d+", m.group(3))] if m.group(3) else None
+        same = [i for i, x in enumerate(self.labels) if x == label]
+        if not same:
+            self.fail(f"the summary names a token {label!r} that is not in the text")
+            return []
+        if positions is None:
+            self.expect(len(same) == 1, f"{label!r} repeats in the text but the summary gives no position")
+            return same[:1]
+        for p in positions:
+            self.expect(p in same, f"position {p} is not the token {label!r}")
+        return positions
+
+    def tokens(self, refs: str) -> list[int]:
+        return [i for m in re.finditer(TOK, refs) for i in self.token(m.group(0))]
+
+    def _set_aside(self) -> list[int]:
+        m = re.search(rf"((?:{TOK}(?:, | and )?)+) (?:is|are) set aside", self.text)
+        if not m:
+            return []
+        found = [i for r in re.finditer(TOK, m.group(1)) for i in self._resolve_quiet(r.group(0))]
+        return found
+
+    def _resolve_quiet(self, ref: str) -> list[int]:
+        m = re.match(CODE_PARTS + r"(?: \((?:position|positions) ([\d, and]+)\))?", ref)
+        if m.group(3):
+            return [int(x) for x in re.findall(r"\d+", m.group(3))]
+        return [i for i, x in enumerate(self.labels) if x == m.group(2)][:1]
+
+    def dominant_rule(self) -> list[int]:
+        """Tokens whose mean over layers (whole-figure 0-1 scale) is > 3x and > 0.3 above the median token's."""
+        lo, hi = np.nanmin(self.v), np.nanmax(self.v)
+        if not hi > lo or self.n_tokens <= 3:
+            return []
+        means = np.nan_to_num(quiet(np.nanmean, (self.v - lo) / (hi - lo), axis=0))
+        typical = np.median(means)
+        return [t for t in np.argsort(-means, kind="stable")[:3] if means[t] > max(3 * typical, typical + 0.3)
+                and self.top_layers(t) > self.valid.any(axis=1).sum() / 2]
+
+    def top_layers(self, t: int) -> int:
+        """At how many layers (with values) token `t` has the highest value of all tokens."""
+        rows = self.valid.any(axis=1)
+        return int(np.sum(np.argmax(np.where(self.valid, self.v, -np.inf), axis=1)[rows] == t))
+
+    def nearest_other(self) -> tuple[np.ndarray, float, np.ndarray]:
+        """RMS distance of each analysed token's profile to the nearest profile of a different piece."""
+        idx = np.flatnonzero(self.kept & self.valid.any(axis=0))
+        prof = np.nan_to_num(np.where(self.valid[:, idx], self.u[:, idx], quiet(np.nanmedian, self.u[:, self.kept], axis=1)[:, None]))
+        d = np.sqrt(((prof[:, :, None] - prof[:, None, :]) ** 2).mean(axis=0))
+        labels = np.array([self.labels[i] for i in idx], dtype=object)
+        d[labels[:, None] == labels[None, :]] = np.inf
+        nearest = d.min(axis=1)
+        finite = nearest[np.isfinite(nearest)]
+        return idx, float(np.median(finite)) if finite.size else 0.0, nearest
+
+    def anomalies(self) -> set[int]:
+        """The positions the Anomalies section names."""
+        section = self.text.split("**Anomalies.**")[-1]
+        return {i for m in re.finditer(TOK, section) for i in self._resolve_quiet(m.group(0))}
+
+    def peak_row(self, t: int) -> int:
+        return int(np.argmax(np.where(self.valid[:, t], self.contrast[:, t], -np.inf)))
+
+    def longest_run(self, t: int) -> tuple[int, int]:
+        best, start, out = 0, None, (0, -1)
+        for i, on in enumerate(list(self.stands[:, t]) + [False]):
+            if on and start is None:
+                start = i
+            elif not on and start is not None:
+                if i - start > best:
+                    best, out = i - start, (start, i - 1)
+                start = None
+        return out
+
+    @property
+    def min_run(self) -> int:
+        return max(3, math.ceil(self.n_layers / 10))
+
+    # -- the sentences --------------------------------------------------------------------------------
+    def check_peak(self, ref: str, layer: str, value: str, median: str, where: tuple[int, int] | None = None) -> int:
+        (t,) = self.token(ref)[:1] or [None]
+        if t is None:
+            return -1
+        r = self.row(layer)
+        self.expect(close(value, self.v[r, t]), f"{ref} at layer {layer}: value {value} != {self.v[r, t]}")
+        self.expect(close(median, self.median[r]), f"{ref} at layer {layer}: median {median} != {self.median[r]}")
+        self.expect(r == self.peak_row(t) or self.contrast[r, t] >= np.nanmax(self.contrast[:, t]) - 1e-9,
+                    f"{ref}: layer {layer} is not where it stands out most (that is layer {self.layers[self.peak_row(t)]})")
+        self.expect(bool(self.stands[r, t]), f"{ref} does not stand out at layer {layer}")
+        if where:
+            self.expect(where[0] <= r <= where[1], f"{ref}: layer {layer} is outside its band")
+        return t
+
+    def check_run(self, ref: str, first: str, last: str, mean: str, median: str, length: str | None = None) -> None:
+        ts = self.token(ref)
+        if not ts:
+            return
+        t = ts[0]
+        a, b = self.row(first), self.row(last)
+        self.expect(bool(self.stands[a:b + 1, t].all()), f"{ref} does not stand out at every layer {first}-{last}")
+        self.expect((a == 0 or not self.stands[a - 1, t]) and (b == self.n_layers - 1 or not self.stands[b + 1, t]),
+                    f"{ref}: the run {first}-{last} is not maximal")
+        self.expect(b - a + 1 >= self.min_run, f"{ref}: run {first}-{last} is shorter than {self.min_run} layers")
+        la, lb = self.longest_run(t)
+        self.expect(b - a == lb - la, f"{ref}: {first}-{last} is not its longest run")
+        self.expect(close(mean, np.mean(self.v[a:b + 1, t])), f"{ref}: run mean {mean}")
+        self.expect(close(median, np.mean(self.median[a:b + 1])), f"{ref}: run median {median}")
+        if length is not None:
+            self.expect(int(length) == b - a + 1, f"{ref}: run length {length}")
+
+    def band_cells(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        block_v, block_u = self.v[a:b + 1][:, self.kept], self.u[a:b + 1][:, self.kept]
+        ok = ~np.isnan(block_v)
+        return block_v[ok], block_u[ok]
+
+    def check(self) -> list[str]:
+        text = self.text
+        consumed = text
+
+        def eat(pattern: str, handler, flags=0) -> None:
+            nonlocal consumed
+            for m in re.finditer(pattern, text, flags):
+                handler(m)
+                consumed = consumed.replace(m.group(0), " ", 1)
+
+        # what is plotted
+        eat(r"The (\d+) tokens of the text", lambda m: self.expect(int(m.group(1)) == self.n_tokens, "token count"))
+        eat(r"against " + LAYERS + r"(?= of)", lambda m: self.expect(
+            int(m.group(1)) == self.layers[0] and int(m.group(2) or m.group(1)) == self.layers[-1], "layer range"))
+        eat(r"layer (\d+) at the bottom", lambda m: self.expect(int(m.group(1)) == self.layers[0], "bottom layer"))
+        eat(rf"raw values from ({NUM}) to ({NUM})", lambda m: self.expect(
+            close(m.group(1), np.nanmin(self.raw)) and close(m.group(2), np.nanmax(self.raw)), "raw range"))
+        eat(rf"Values are shown as computed, from ({NUM}) to ({NUM})", lambda m: self.expect(
+            close(m.group(1), np.nanmin(self.v)) and close(m.group(2), np.nanmax(self.v)), "value range"))
+        eat(r"(\d+) cells? ha(?:s|ve) no value", lambda m: self.expect(
+            int(m.group(1)) == int((~self.valid).sum()), "NaN count"))
+        eat(r"Of these, (?:(\d+) (?:is a|are) chat-template tokens?)?(?: and )?(?:(\d+) (?:was|were) generated)?",
+            lambda m: self.expect(int(m.group(1) or 0) == self.kinds.count("template")
+                                  and int(m.group(2) or 0) == self.kinds.count("generated"), "token kinds"))
+        eat(r"^Each cell is the .*$", lambda m: None, re.M)  # the metric's fixed definition
+        eat(rf" of ({CODE})(?= \(y axis|\.)", lambda m: self.expect(
+            self.model is None or re.match(CODE_PARTS, m.group(1)).group(2) == self.model, f"model {m.group(1)!r}"))
+        eat(r"The single token of the text", lambda m: self.expect(self.n_tokens == 1, "single token"))
+
+        # set aside (dominant) tokens
+        def aside(m):
+            self.expect(sorted(self.set_aside) == sorted(self.dominant_rule()), "set-aside tokens are not the dominant ones")
+            self.expect(close(m.group("lo"), self.lo) and close(m.group("hi"), self.hi), "range of the other tokens")
+        eat(rf"(?:{TOK}(?:, | and )?)+ (?:is|are) set aside \(see anomalies\): the other tokens range from (?P<lo>{NUM}) to (?P<hi>{NUM})", aside)
+
+        # bands
+        bands: list[tuple[int, int, str]] = []
+
+        def uniform(m):
+            a, b = self.rows(m.group(1), m.group(2))
+            cells_v, cells_u = self.band_cells(a, b)
+            bands.append((a, b, "uniform-" + m.group(3)))
+            p10, p90 = np.percentile(cells_v, [10, 90])
+            self.expect(close(m.group(4) or m.group(6), p10) and close(m.group(6), p90), f"band {a}-{b}: percentiles")
+            self.expect(close(m.group(7), cells_v.mean()), f"band {a}-{b}: mean")
+            med = np.median(cells_u)
+            level = {"high": med >= HIGH - 1e-9, "low": med <= LOW + 1e-9, "medium": LOW - 1e-9 <= med <= HIGH + 1e-9}
+            self.expect(level[m.group(3)], f"band {a}-{b} called uniformly {m.group(3)} but its median is {med:.2f}")
+            outliers = int(self.stands[a:b + 1][:, self.kept].sum())
+            named = re.findall(rf"({TOK}) at layer (\d+)", m.group("cells") or "")
+            for ref, layer in named:
+                for t in self.token(ref):
+                    self.expect(bool(self.stands[self.row(layer), t]) and a <= self.row(layer) <= b, f"{ref} does not stand out at layer {layer}")
+            stated = int(m.group(8)) if m.group(8) else len(named)
+            self.expect(outliers == stated, f"band {a}-{b}: {outliers} cells stand out, the text says {stated}")
+        eat(LAYERS + rf" (?:is|are) uniformly (high|low|medium): 80% of (?:its|their) cells lie (?:between ({NUM}) and|at)() ({NUM}) \(mean ({NUM})\)(?:, apart from (?:(\d+) cells where a token stands out|(?P<cells>(?:{TOK} at layer \d+(?:, | and )?)+), where (?:a token stands|tokens stand) out))?", uniform)
+
+        def sparse(m):
+            a, b = self.rows(m.group(1), m.group(2))
+            bands.append((a, b, "sparse"))
+            cells_v, cells_u = self.band_cells(a, b)
+            self.expect(close(m.group(4), self.lo + self.span / 3), "low threshold")
+            share = np.mean(cells_u <= LOW + 1e-12)
+            self.expect(abs(int(m.group(3)) - 100 * share) < 1, f"band {a}-{b}: share low {m.group(3)}% != {100 * share:.1f}%")
+            self.expect(share >= 0.5, f"band {a}-{b} called sparse but only {share:.0%} of its cells are low")
+            spikes = self.stands[a:b + 1][:, self.kept].mean()
+            self.expect(0 < spikes <= 0.25, f"band {a}-{b} called sparse with {spikes:.0%} of cells standing out")
+            self.expect(close(m.group(5), cells_v.mean()), f"band {a}-{b}: mean")
+        eat(LAYERS + rf" (?:is|are) sparse: (\d+)% of (?:its|their) cells are low \(below ({NUM})\) and a few tokens spike \(mean ({NUM})\)", sparse)
+
+        def differentiating(m):
+            a, b = self.rows(m.group(1), m.group(2))
+            bands.append((a, b, "differentiating"))
+            cells_v, cells_u = self.band_cells(a, b)
+            high, low = np.mean(cells_u >= HIGH - 1e-12), np.mean(cells_u <= LOW + 1e-12)
+            self.expect(abs(int(m.group(3)) - 100 * high) < 1, f"band {a}-{b}: share high")
+            self.expect(abs(int(m.group(5)) - 100 * low) < 1, f"band {a}-{b}: share low")
+            self.expect(close(m.group(4), self.lo + 2 * self.span / 3) and close(m.group(6), self.lo + self.span / 3), "thresholds")
+            self.expect(close(m.group(7), cells_v.mean()), f"band {a}-{b}: mean")
+            spread = np.percentile(cells_u, 90) - np.percentile(cells_u, 10)
+            self.expect(spread > 1 / 3 - 1e-9, f"band {a}-{b} called differentiating without spread")
+            if m.group("high"):
+                means = quiet(np.nanmean, self.u[a:b + 1], axis=0)
+                for t in self.tokens(m.group("high")):
+                    self.expect(means[t] >= HIGH - 1e-9, f"{self.labels[t]} said to stay high in {a}-{b}")
+                if m.group("more"):
+                    n_high = int(np.sum(means[self.kept] >= HIGH - 1e-9))
+                    self.expect(int(m.group("more")) == n_high - 4, "count of other high tokens")
+        eat(r"In " + LAYERS + rf" the tokens differentiate: (\d+)% of the cells are high \(above ({NUM})\), (\d+)% low \(below ({NUM})\) and the rest in between \(mean ({NUM})\)\.(?: (?P<high>(?:{TOK}(?:, | and )?)+?)(?:,? and (?P<more>\d+) other tokens)? stays? high(?: on average)?\.)?", differentiating)
+
+        if bands:
+            bands.sort()
+            self.expect(bands[0][0] == 0 and bands[-1][1] == self.n_layers - 1, "bands do not cover all layers")
+            for (a0, b0, _), (a1, _, _) in zip(bands, bands[1:]):
+                self.expect(a1 == b0 + 1, f"bands {a0}-{b0} and {a1} overlap or leave a gap")
+        band_kinds = {(self.layers[a], self.layers[b]): k for a, b, k in bands}
+
+        def trend(m):
+            a, b = self.row(m.group(3)), self.row(m.group(5))
+            self.expect(close(m.group(2), self.layer_means[a]) and close(m.group(4), self.layer_means[b]), "trend values")
+            means = self.layer_means[~np.isnan(self.layer_means)]
+            ranks = np.argsort(np.argsort(means, kind="stable"), kind="stable")
+            rho = np.corrcoef(np.arange(len(means)), ranks)[0, 1]
+            self.expect(rho >= 0.8 if m.group(1) == "rises" else rho <= -0.8, f"trend {m.group(1)} but rho = {rho:.2f}")
+        eat(rf"(?:Overall the|The) layer mean (rises|falls) with depth, from ({NUM}) at layer (\d+) to ({NUM}) at layer (\d+)", trend)
+
+        def highest(m):
+            stated = re.findall(rf"(\d+) \(({NUM})\)", m.group(1))
+            order = np.argsort(-np.nan_to_num(self.layer_means, nan=-np.inf), kind="stable")
+            self.expect([int(x) for x, _ in stated] == [self.layers[i] for i in order[:len(stated)]], "highest layers")
+            for layer, value in stated:
+                self.expect(close(value, self.layer_means[self.row(layer)]), f"mean of layer {layer}")
+        eat(rf"The highest layers on average are ((?:\d+ \({NUM}\)(?:, )?)+)\.", highest)
+
+        # token highlights, per band
+        def bullet(m):
+            a, b = self.rows(m.group(1), m.group(2))
+            shown = []
+            for p in re.finditer(rf"({TOK}) at layer (\d+) \(({NUM}) against a median of ({NUM})\)", m.group("items")):
+                shown.append(self.check_peak(p.group(1), p.group(2), p.group(3), p.group(4), where=(a, b)))
+            peaking = [t for t in range(self.n_tokens) if self.kept[t] and self.valid[:, t].any()
+                       and a <= self.peak_row(t) <= b and self.stands[self.peak_row(t), t]]
+            more = int(m.group("more")) if m.group("more") else 0
+            self.expect(len(peaking) == len(shown) + more, f"band {a}-{b}: {len(peaking)} tokens peak there, not {len(shown) + more}")
+        eat(r"^- " + LAYERS + r": (?P<items>.*?)(?:, and (?P<more>\d+) more tokens?)?\.$", bullet, re.M)
+
+        def most(m):
+            t = self.check_peak(m.group(2), m.group(3), m.group(4), m.group(5))
+            skip = self.anomalies() if m.group(1).startswith("Apart") else set()
+            best = max(self.contrast[self.peak_row(x), x] for x in range(self.n_tokens)
+                       if self.kept[x] and x not in skip and self.valid[:, x].any() and self.stands[self.peak_row(x), x])
+            self.expect(self.contrast[self.row(m.group(3)), t] >= best - 1e-9, f"{m.group(2)} is not the token that stands out most")
+        eat(rf"(Apart from the anomalies, the|The) token that stands out most is ({TOK}) at layer (\d+) \(({NUM}) against a median of ({NUM})\)", most)
+        eat(rf"({TOK}) stays clearly above the other tokens from layer (\d+) to (\d+) \(mean ({NUM}) against a median of ({NUM})\)",
+            lambda m: self.check_run(m.group(1), m.group(2), m.group(3), m.group(4), m.group(5)))
+        def longest(m):
+            self.check_run(m.group(2), m.group(4), m.group(5), m.group(6), m.group(7), length=m.group(3))
+            skip = self.anomalies() if m.group(1).startswith("Apart") else set()
+            best = max((lambda r: r[1] - r[0] + 1)(self.longest_run(x)) for x in range(self.n_tokens)
+                       if self.kept[x] and x not in skip)
+            self.expect(int(m.group(3)) == best, f"the longest run lasts {best} layers, not {m.group(3)}")
+        eat(rf"(Apart from the anomalies, the|The) longest run belongs to ({TOK}): it stays clearly above the other tokens for (\d+) layers, from layer (\d+) to (\d+) \(mean ({NUM}) against a median of ({NUM})\)", longest)
+
+        def more_runs(m):
+            self.expect(int(m.group(2)) == self.min_run, "minimum run length")
+            n = sum(1 for t in range(self.n_tokens) if self.kept[t]
+                    and (lambda r: r[1] - r[0] + 1)(self.longest_run(t)) >= self.min_run)
+            listed = len(re.findall(r"stays clearly above the other tokens from layer", text))
+            self.expect(int(m.group(1)) == n - listed, f"{n - listed} more runs, not {m.group(1)}")
+        eat(r"(\d+) more tokens? ha(?:s|ve) such a run of at least (\d+) layers", more_runs)
+
+        # observations
+        def structure(m):
+            for kind, first, last in re.findall(r"(uniformly high|uniformly low|uniformly medium|sparse|differentiating) at layers? (\d+)(?:–(\d+))?", m.group(0)):
+                key = (int(first), int(last or first))
+                self.expect(band_kinds.get(key) == kind.replace("uniformly ", "uniform-"), f"observation names band {key} {kind}")
+            if m.group("n"):
+                self.expect(int(m.group("n")) == len(bands), "number of bands")
+                widest = max(b - a + 1 for a, b, _ in bands)
+                named = re.search(r"the widest being .*? at layers? (\d+)(?:–(\d+))?", m.group(0))
+                a, b = self.rows(named.group(1), named.group(2))
+                self.expect(b - a + 1 == widest, "the widest band")
+            if m.group("onset"):
+                r = self.row(m.group("onset"))
+                first_non_uniform = next(a for a, b, k in bands if not k.startswith("uniform"))
+                self.expect(r == first_non_uniform, "tokens begin to differ")
+                self.expect(all(k.startswith("uniform") for a, b, k in bands if a < r), "onset after uniform bands only")
+        eat(r"From the bottom up(?::|, the figure passes through (?P<n>\d+) bands)[^\n]*?(?:; tokens begin to differ at layer (?P<onset>\d+))?\.$", structure, re.M)
+
+        def late(m):
+            cut = self.row(m.group(3))
+            self.expect(cut == self.n_layers - self.n_layers // 3 and self.row(m.group(4)) == self.n_layers - 1, "top third")
+            standing = [t for t in range(self.n_tokens) if self.kept[t] and self.valid[:, t].any()
+                        and self.stands[self.peak_row(t), t]]
+            late_ones = [t for t in standing if self.peak_row(t) >= cut]
+            self.expect(int(m.group(1)) == len(late_ones) and int(m.group(2)) == len(standing), "late counts")
+            for t in self.tokens(m.group(5)):
+                self.expect(t in late_ones, f"{self.labels[t]} does not stand out late")
+        eat(r"(\d+) of the (\d+) tokens that stand out do so in the top third of the layers \(layers (\d+)–(\d+)\), among them (.*?)\.$", late, re.M)
+
+        def dominant(m):
+            ts = self.token(m.group(1))
+            t = ts[0] if ts else 0
+            self.expect(t in self.dominant_rule(), f"{m.group(1)} is said to dominate but does not")
+            top = self.top_layers(t)
+            self.expect(int(m.group("k")) == top and int(m.group("n")) == self.n_layers, "layers where it is highest")
+            self.expect(close(m.group("mean"), np.nanmean(self.v[:, t])), "dominant mean")
+            others = quiet(np.nanmean, self.v[:, self.kept], axis=0)
+            self.expect(close(m.group("median"), np.nanmedian(others)), "median of the other tokens")
+            if "special token" in m.group(0) or "chat-template token" in m.group(0):
+                self.expect(self.special[t], f"{m.group(1)} called special")
+        eat(rf"({TOK})(?:, a (?:special|chat-template) token,)? (?:dominates the figure: it has the highest value|is an attention sink: it receives the most attention) at (?P<k>\d+) of the (?P<n>\d+) layers(?:, with a mean of | \(mean )(?P<mean>{NUM}) against a median of (?P<median>{NUM}) for the other tokens", dominant)
+
+        def profile(m):
+            ts = self.token(m.group(1))
+            idx, typical, nearest = self.nearest_other()
+            for t in ts:
+                d = nearest[list(idx).index(t)] if t in idx else 0
+                self.expect(d > max(0.15, 3 * typical), f"{self.labels[t]} said unlike any other token (distance {d:.2f}, typical {typical:.2f})")
+            t = ts[0] if ts else 0
+            first = m.group("at") or m.group("first")
+            last = m.group("at") or m.group("last")
+            a, b = self.row(first), self.row(last)
+            sign = 1 if m.group("dir") == "above" else -1
+            dev = sign * self.contrast[a:b + 1, t]
+            if a != b and sign > 0:
+                self.expect(bool(self.stands[a:b + 1, t].all()), f"{self.labels[t]} does not stand out at every layer {first}-{last}")
+            elif a != b:
+                self.expect(bool((dev >= STANDS_OUT - 1e-9).all()), f"{self.labels[t]} is not below the others at every layer {first}-{last}")
+            else:
+                self.expect(bool(dev[0] > 0), f"{self.labels[t]} is not {m.group('dir')} the others at layer {first}")
+            if m.group("mean"):
+                self.expect(close(m.group("mean"), np.nanmean(self.v[a:b + 1, t])), "anomaly mean")
+                self.expect(close(m.group("median"), np.nanmean(self.median[a:b + 1])), "anomaly median")
+        tail = rf"(?:at layer (?P<at>\d+)|from layer (?P<first>\d+) to (?P<last>\d+))"
+        eat(rf"({TOK}) (?:has|have) a depth profile unlike any other token's: {tail} (?:it stays|they stay) (?P<dir>above|below) the other tokens \(mean (?P<mean>{NUM}) against a median of (?P<median>{NUM})\)", profile)
+        eat(rf"({TOK}) (?:behaves|behave) unlike any other token: (?:it stays|they stay) (?P<dir>above|below) the other tokens {tail}(?P<mean>)(?P<median>)", profile)
+
+        def no_anomaly(m):
+            self.expect(not self.dominant_rule(), "a token dominates but the summary says none")
+            idx, typical, nearest = self.nearest_other()
+            if len(idx) >= 6 and self.n_layers >= 3:
+                self.expect(not np.any(np.isfinite(nearest) & (nearest > max(0.15, 3 * typical))),
+                            "a token's profile is unlike any other but the summary says none")
+        eat(r"None: no token dominates the figure, and each token's depth profile resembles another token's", no_anomaly)
+
+        def nothing_stands_out(m):
+            self.expect(not self.stands[:, self.kept].any(), "a token stands out but the summary says none")
+        eat(r"No token stands out from the other tokens of its layer[^.]*?at any layer", nothing_stands_out)
+
+        def flat(m):
+            self.expect(np.nanmin(self.v) == np.nanmax(self.v) and close(m.group(1), np.nanmin(self.v)), "constant")
+        eat(rf"Every cell(?: with a value)? has the same value, ({NUM})", flat)
+
+        # what remains must state nothing: no number, no token
+        rest = re.sub(r"0–1|^\d+\. ", " ", consumed, flags=re.M)
+        for m in re.finditer(r"`[^`\n]*`|\d", rest):
+            context = rest[max(0, m.start() - 60):m.end() + 60].replace("\n", " ")
+            self.fail(f"unchecked claim {m.group(0)!r} in: ...{context}...")
+        return self.problems
+
+
+def check_summary(text: str, values, layers, labels, raw=None, special=None, kinds=None, model=None) -> int:
+    """Assert that every claim of `text` holds for `values`; return how many facts were checked."""
+    reader = Reader(text, values, layers, labels, values if raw is None else raw, special, kinds, model)
+    problems = reader.check()
+    assert not problems, "the summary says what the numbers do not show:\n- " + "\n- ".join(problems) + "\n\n" + text
+    return reader.checked
