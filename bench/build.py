@@ -41,7 +41,7 @@ with torch.inference_mode():
 
 def texts(page: int) -> list[str]:
     return [
-        f"On page {page}, {subject} waited until {7 + i} o'clock, then counted {3 * i + page} lanterns, "
+        f"On page {page}, {subject} waited until {7 + i} in the evening, then counted {3 * i + page} lanterns, "
         f"and the answer was {(3 * i + page) * 2}."
         for i, subject in enumerate(SUBJECTS)
     ]
@@ -69,7 +69,7 @@ def timed(cmd: list[str], cwd: Path) -> float:
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=ENV)
     elapsed = time.perf_counter() - start
-    if result.returncode != 0:
+    if result.returncode != 0 or "WARNING" in result.stderr:
         sys.exit(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
     return elapsed
 
@@ -82,7 +82,7 @@ def edit(root: Path, n: int) -> str:
     """Change the text of one block; return a word that only the new text contains."""
     page = root / "docs" / "page3.md"
     marker = f"Zanzibar{n}"
-    page.write_text(re.sub(r"text: 'On page 3, the river[^']*'", f"text: 'On page 3, {marker} rode the river home.'",
+    page.write_text(re.sub(r"text: 'On page 3, [^']*'", f"text: 'On page 3, {marker} rode the river home.'",
                            page.read_text(), count=1))
     return marker
 
@@ -91,28 +91,30 @@ def serve_edit(root: Path, repeat: int) -> list[float]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "mkdocs", "serve", "-a", f"127.0.0.1:{port}", "--no-livereload"],
+    server = subprocess.Popen([sys.executable, "-m", "mkdocs", "serve", "-a", f"127.0.0.1:{port}"],
                               cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     url = f"http://127.0.0.1:{port}/page3/"
 
     def page() -> str:
+        """The page's heatmap payloads (the rest of a served page changes with every request)."""
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
-                return response.read().decode()
+                return "".join(re.findall(r'class="layerheat-item"[^>]*>.*?</script>', response.read().decode(), re.S))
         except OSError:
             return ""
 
     try:
         deadline = time.time() + 300
-        while "layerheat-item" not in page():
+        while not page():
             if time.time() > deadline:
                 sys.exit("mkdocs serve did not come up")
             time.sleep(0.2)
         times = []
         for n in range(repeat + 1):  # the first edit loads the model into the serve process: not counted
-            marker = edit(root, 100 + n)
+            before = page()
+            edit(root, 100 + n)
             start = time.perf_counter()
-            while marker not in page():
+            while page() in (before, ""):
                 if time.perf_counter() - start > 120:
                     sys.exit("the edited page was not rebuilt")
                 time.sleep(0.05)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock
 
 from .heatmap import Heatmap
 
@@ -28,6 +27,7 @@ def _version(package: str) -> str:
         return "none"
 
 
+@lru_cache(maxsize=None)
 def library_versions() -> dict[str, str]:
     return {name: _version(name) for name in ("mkdocs-layerheat", "transformers", "torch")}
 
@@ -75,7 +75,10 @@ class Cache:
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.npz"
 
-    def lock(self) -> FileLock:
+    def lock(self):
+        """A file lock over the cache (imported only when something is computed)."""
+        from filelock import FileLock
+
         self.directory.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.directory / ".lock"))
 
@@ -98,6 +101,16 @@ class Cache:
 
     def entries(self) -> list[Path]:
         return sorted(self.directory.glob("??/*.npz"))
+
+    def export(self, key: str, suffix: str, write, heatmap: Heatmap) -> Path | None:
+        """A file made from an entry by `write(heatmap) -> str` (the CSV/JSON downloads), made once."""
+        path = self.directory / "exports" / f"{key[:16]}{suffix}"
+        try:
+            if not path.is_file():
+                _write_atomic(path, write(heatmap).encode("utf-8"))
+            return path
+        except OSError:
+            return None  # an unwritable cache: the caller makes the file in memory
 
     def get_rendered(self, key: str) -> str | None:
         """HTML rendered earlier for the same values and rendering options (a warm build skips Bokeh)."""

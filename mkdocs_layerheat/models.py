@@ -59,14 +59,15 @@ def fingerprint(ref: ModelRef, memo_file: Path | None = None) -> str:
     root = Path(ref.location)
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     memo = _read_memo(memo_file)
-    parts = []
+    parts, hashed = [], False
     for f in files:
         stat = f.stat()
         stamp = f"{f}|{stat.st_size}|{stat.st_mtime_ns}"
         if stamp not in memo:
-            memo[stamp] = _sha256(f)
+            memo[stamp], hashed = _sha256(f), True
         parts.append(f"{f.relative_to(root) if f != root else f.name}:{stat.st_size}:{memo[stamp]}")
-    _write_memo(memo_file, memo)
+    if hashed:
+        _write_memo(memo_file, memo)
     return f"{ref.kind}:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

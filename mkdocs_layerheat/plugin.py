@@ -18,7 +18,7 @@ from mkdocs.utils import get_relative_url
 from . import plan
 from .cache import Cache
 from .analysis import analyze
-from .directives import Block, find_blocks, replace_blocks, specs_in
+from .directives import Block, find_blocks, replace_blocks
 from .render import ASSETS, Renderer, data_csv, display_labels
 from .spec import HeatmapSpec, SpecError, parse_spec
 
@@ -69,6 +69,7 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
         self.renderer = Renderer(self.config.templates)
         self.outcomes: dict[HeatmapSpec, plan.Outcome] = {}
         self.figures: dict[str, str] = {}  # placeholder -> HTML, filled per page
+        self.parsed: dict[str, HeatmapSpec | SpecError] = {}
         self.nonce = uuid.uuid4().hex[:12]
         if self.config.enabled:
             config.extra_javascript[:0] = [f"{ASSET_DIR}/bokeh.min.js", f"{ASSET_DIR}/layerheat.js"]
@@ -96,13 +97,26 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
         for name, source in (("bokeh.min.js", _bokeh_js()), ("layerheat.js", ASSETS / "layerheat.js"),
                              ("layerheat.css", ASSETS / "layerheat.css")):
             files.append(File.generated(config, f"{ASSET_DIR}/{name}", abs_src_path=str(source)))
-        specs = [spec for file in files.documentation_pages() for spec in specs_in(file.content_string, config.docs_dir)]
+        blocks = [block for file in files.documentation_pages() for block in find_blocks(file.content_string)]
+        specs = [spec for block in blocks if isinstance(spec := self._parse(block.body, config), HeatmapSpec)]
         self.outcomes = plan.run(specs, self.settings(config), log)
+        store = Cache(self.settings(config).cache_dir)
         exported = {o.key: o.heatmap for o in self.outcomes.values() if o.heatmap is not None}
-        for key, heatmap in exported.items():  # the "data" links of the figures
-            for suffix, content in ((".csv", data_csv(heatmap)), (".json", heatmap.to_json())):
-                files.append(File.generated(config, _data_uri(key) + suffix, content=content))
+        for key, heatmap in exported.items():  # the "data" links of the figures, written once per entry
+            for suffix, write in ((".csv", data_csv), (".json", lambda h: h.to_json())):
+                uri, path = _data_uri(key) + suffix, store.export(key, suffix, write, heatmap)
+                source = {"abs_src_path": str(path)} if path else {"content": write(heatmap)}
+                files.append(File.generated(config, uri, **source))
         return files
+
+    def _parse(self, body: str, config) -> HeatmapSpec | SpecError:
+        """A block's spec (or its error), parsed once per build although both on_files and the page need it."""
+        if body not in self.parsed:
+            try:
+                self.parsed[body] = parse_spec(body, config.docs_dir)
+            except SpecError as exc:
+                self.parsed[body] = exc
+        return self.parsed[body]
 
     def on_page_markdown(self, markdown: str, page, config, files) -> str:
         blocks = find_blocks(markdown)
@@ -122,10 +136,9 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
         where = f"{page_path}:{block.line}"
         if not block.terminated:
             return self._error(where, "unterminated layerheat fence (no closing ``` found)")
-        try:
-            spec = parse_spec(block.body, config.docs_dir)
-        except SpecError as exc:
-            return self._error(f"{page_path}:{block.line + (exc.line or 0)}", str(exc))
+        spec = self._parse(block.body, config)
+        if isinstance(spec, SpecError):
+            return self._error(f"{page_path}:{block.line + (spec.line or 0)}", str(spec))
         if not self.config.enabled:
             return self.renderer.placeholder(spec)
         outcome = self.outcomes.get(spec) or plan.run([spec], self.settings(config), log)[spec]

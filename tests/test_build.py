@@ -221,3 +221,19 @@ def test_extract_command_writes_the_documented_json(tmp_path):
     assert values.shape == (30, len(data["tokens"]))
     np.testing.assert_allclose(values.max(axis=0), 1.0)  # each token (column) scaled to 0..1
     np.testing.assert_allclose(values.min(axis=0), 0.0)
+
+
+def test_figures_are_numbered_with_anchors_and_downloadable_data(site, first_build):
+    html = (site / "site" / "index.html").read_text()
+    assert 'id="layerheat-1-figure"' in html and 'href="#layerheat-1-figure">Figure 1</a>: Where the model looks' in html
+    csv_link = re.search(r'href="([^"]+\.csv)" download', html).group(1)
+    rows = (site / "site" / csv_link).read_text().splitlines()
+    header, first = rows[0].split(","), rows[1].split(",")
+    assert header == ["position", "token", "layer", "attention"]
+    cache = Cache(site / ".cache" / "layerheat")
+    attention = next(h for p in (site / ".cache" / "layerheat").glob("*/*.npz")
+                     if (h := cache.get(p.stem)) is not None and h.metric == "attention")
+    assert len(rows) == 1 + attention.values.size
+    assert first[:3] == ["0", "A", "1"] and float(first[3]) == pytest.approx(attention.values[0, 0], rel=1e-6)
+    data = json.loads((site / "site" / csv_link.replace(".csv", ".json")).read_text())
+    assert np.allclose(np.array(data["values"], dtype=float), attention.values, rtol=1e-6)
