@@ -46,7 +46,7 @@ class LayerheatConfig(base.Config):
     keep_models = c.Type(int, default=1)
     """Under `mkdocs serve`, how many loaded models stay in memory between rebuilds."""
     templates = c.Optional(c.Dir(exists=True))
-    """A folder of Jinja2 templates overriding the plugin's own (`heatmap.html`, `summary.html`, `error.html`)."""
+    """A folder of Jinja2 templates overriding the plugin's own (`heatmap.html`, `summary.md`, `summary.html`, `error.html`, `placeholder.html`)."""
 
 
 def _data_uri(key: str) -> str:

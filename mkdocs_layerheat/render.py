@@ -47,6 +47,11 @@ def _number(value: float) -> str:
     return f"{value:.2f}" if 0.01 <= abs(value) < 1000 else f"{value:.3g}"
 
 
+def _marked(label: str, kind: str) -> str:
+    """Axis label of a token: special and chat-template tokens in ⟨angle brackets⟩, generated ones starred."""
+    return {"special": f"⟨{label}⟩", "template": f"⟨{label}⟩", "generated": f"{label}*"}.get(kind, label)
+
+
 def figure_height(n_layers: int) -> int:
     """Pixels reserved for a figure before BokehJS draws it, so the page does not jump."""
     return int(min(900, max(320, 16 * n_layers + 160)))
@@ -64,7 +69,7 @@ def _palette() -> tuple[str, ...]:
 _HOVER_CELL = """
 const n = labels.length, i = Math.max(0, Math.min(n - 1, Math.round(special_vars.x)));
 const j = Math.max(0, Math.min(layers.length - 1, Math.round(special_vars.y)));
-if (format === "token") return labels[i] + " (position " + i + ")";
+if (format === "token") return labels[i] + " (position " + i + (kinds[i] === "text" ? "" : ", " + kinds[i]) + ")";
 if (format === "layer") return String(layers[j]);
 const v = raw[j * n + i];
 return Number.isNaN(v) ? "n/a" : v.toFixed(3);
@@ -97,8 +102,9 @@ def figure_item(heatmap: Heatmap, values: np.ndarray, labels: list[str], normali
     )
     image = fig.image(image=[values.astype(np.float32)], x=-0.5, y=-0.5, dw=n_tokens, dh=n_layers, color_mapper=mapper)
     metric = METRICS[heatmap.metric].label if heatmap.metric in METRICS else heatmap.metric
+    kinds = heatmap.kinds
     cell = CustomJSHover(
-        args={"labels": labels, "layers": [str(layer) for layer in heatmap.layers],
+        args={"labels": labels, "kinds": kinds, "layers": [str(layer) for layer in heatmap.layers],
               "raw": heatmap.values.astype(np.float32).ravel()},
         code=_HOVER_CELL,
     )
@@ -107,7 +113,7 @@ def figure_item(heatmap: Heatmap, values: np.ndarray, labels: list[str], normali
         tooltips.append(("raw value", "$x{raw}"))
     fig.add_tools(HoverTool(renderers=[image], tooltips=tooltips, formatters={"$x": cell, "$y": cell}))
     fig.xaxis.ticker = FixedTicker(ticks=list(range(n_tokens)))
-    fig.xaxis.major_label_overrides = {i: label for i, label in enumerate(labels)}
+    fig.xaxis.major_label_overrides = {i: _marked(label, kind) for i, (label, kind) in enumerate(zip(labels, kinds))}
     fig.xaxis.major_label_orientation = np.pi / 2 if max(map(len, labels), default=0) > 2 or n_tokens > 30 else 0
     rows = _layer_ticks(list(range(n_layers)))
     fig.yaxis.ticker = FixedTicker(ticks=rows)
@@ -124,7 +130,7 @@ def figure_item(heatmap: Heatmap, values: np.ndarray, labels: list[str], normali
     return json_item(fig)
 
 
-_BOKEH_ID = re.compile(r'"(id|root_id)":"(p\d+)"')
+_BOKEH_ID = re.compile(r'"(id|root_id)":\s*"(p\d+)"')
 
 
 def _stable_ids(payload: str) -> str:

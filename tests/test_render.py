@@ -1,0 +1,56 @@
+"""The figure's payload: labels, marks, tooltip data and stable ids, read back from the Bokeh JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from mkdocs_layerheat.heatmap import Heatmap
+from mkdocs_layerheat.render import _stable_ids, data_csv, display_labels, figure_item
+
+
+def walk(node, name):
+    if isinstance(node, dict):
+        if node.get("name") == name:
+            yield node
+        for value in node.values():
+            yield from walk(value, name)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from walk(value, name)
+
+
+def make(values, tokens, kinds):
+    return Heatmap(values=np.asarray(values, dtype=np.float32), tokens=tokens, layers=[1, 2], metric="attention",
+                   model="m", kinds=kinds)
+
+
+def test_axis_marks_template_and_generated_tokens_and_tooltip_has_raw_values():
+    heatmap = make([[0.1, 0.2, 0.3, np.nan], [0.4, 0.5, 0.6, 0.7]], ["<|im_start|>", " Hi", " there", "!"],
+                   ["template", "text", "generated", "generated"])
+    labels = display_labels(heatmap.tokens)
+    item = figure_item(heatmap, heatmap.normalized("global"), labels, "global")
+    axis = next(a for a in walk(item["doc"], "LinearAxis") if a["attributes"].get("axis_label") != "Layer")
+    overrides = axis["attributes"]["major_label_overrides"]
+    marked = dict(overrides["entries"]) if isinstance(overrides, dict) and "entries" in overrides else overrides
+    assert [marked[k] for k in sorted(marked, key=int)] == ["⟨<|im_start|>⟩", "Hi", "there*", "!*"]
+    args = dict(next(walk(item["doc"], "CustomJSHover"))["attributes"]["args"]["entries"])
+    assert args["labels"] == ["<|im_start|>", "Hi", "there", "!"]
+    assert args["kinds"] == heatmap.kinds and args["layers"] == ["1", "2"]
+
+
+def test_stable_ids_make_the_same_figure_byte_identical():
+    heatmap = make([[0.1, 0.2], [0.3, 0.4]], ["a", "b"], ["text", "text"])
+    first = _stable_ids(json.dumps(figure_item(heatmap, heatmap.values, ["a", "b"], "none")))
+    second = _stable_ids(json.dumps(figure_item(heatmap, heatmap.values, ["a", "b"], "none")))
+    assert first == second
+    assert json.loads(first)["root_id"] == "p1"
+
+
+def test_csv_export_quotes_data_and_leaves_undefined_cells_empty():
+    heatmap = make([[1.5, np.nan], [2.0, 3.0]], ['a,"b"', "=cmd"], ["text", "text"])
+    rows = data_csv(heatmap).splitlines()
+    assert rows[0] == "position,token,layer,attention"
+    assert rows[1] == '0,"a,""b""",1,1.5'
+    assert rows[2] == "1,=cmd,1,"
