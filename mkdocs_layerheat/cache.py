@@ -7,15 +7,17 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import fields
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from typing import TYPE_CHECKING
 
-from .heatmap import Heatmap
+if TYPE_CHECKING:  # numpy and the Heatmap type load only when an entry is read or written
+    from .heatmap import Heatmap
 
 FORMAT = 1
 
@@ -102,15 +104,19 @@ class Cache:
     def entries(self) -> list[Path]:
         return sorted(self.directory.glob("??/*.npz"))
 
-    def export(self, key: str, suffix: str, write, heatmap: Heatmap) -> Path | None:
-        """A file made from an entry by `write(heatmap) -> str` (the CSV/JSON downloads), made once."""
+    def export(self, key: str, suffix: str, make) -> Path | None:
+        """A file made once by `make() -> str | None` from an entry (the CSV/JSON downloads), or None."""
         path = self.directory / "exports" / f"{key[:16]}{suffix}"
-        try:
-            if not path.is_file():
-                _write_atomic(path, write(heatmap).encode("utf-8"))
+        if path.is_file():
             return path
+        content = make()
+        try:
+            if content is not None:
+                _write_atomic(path, content.encode("utf-8"))
+                return path
         except OSError:
-            return None  # an unwritable cache: the caller makes the file in memory
+            pass  # an unwritable cache: the caller makes the file in memory
+        return None
 
     def get_rendered(self, key: str) -> str | None:
         """HTML rendered earlier for the same values and rendering options (a warm build skips Bokeh)."""
@@ -125,7 +131,21 @@ class Cache:
         except OSError:
             pass  # rendering again next time is the only cost
 
+    def has(self, key: str) -> bool:
+        """Whether an entry looks complete (a whole zip archive), without loading it or numpy."""
+        path = self._path(key)
+        if not path.is_file():
+            return False
+        if not zipfile.is_zipfile(path):
+            self.problems.append(f"cache entry {path.name} is unusable (truncated or not an entry); recomputing")
+            return False
+        return True
+
     def get(self, key: str) -> Heatmap | None:
+        import numpy as np
+
+        from .heatmap import Heatmap
+
         path = self._path(key)
         if not path.is_file():
             return None
@@ -140,6 +160,8 @@ class Cache:
             return None
 
     def put(self, key: str, heatmap: Heatmap) -> None:
+        import numpy as np
+
         if not self.writable:
             return
         path = self._path(key)

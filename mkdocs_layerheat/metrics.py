@@ -12,6 +12,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 
+NORMALIZATIONS = ("none", "global", "layer", "token")
+
+
 class MetricError(Exception):
     """The model cannot provide what the metric needs."""
 

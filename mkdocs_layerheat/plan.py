@@ -7,15 +7,18 @@ import logging
 import time
 from collections import OrderedDict, defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from pathlib import Path
 from typing import Any
 
 from .cache import Cache, cache_key
-from .heatmap import Heatmap
 from .metrics import METRICS
 from .models import ModelError, ModelRef, fingerprint, resolve
 from .spec import HeatmapSpec
+
+if TYPE_CHECKING:
+    from .heatmap import Heatmap
 
 _log = logging.getLogger("mkdocs.plugins.layerheat")
 _pool: OrderedDict[tuple, Any] = OrderedDict()  # loaded models kept between builds (mkdocs serve)
@@ -23,10 +26,20 @@ _pool: OrderedDict[tuple, Any] = OrderedDict()  # loaded models kept between bui
 
 @dataclass
 class Outcome:
-    heatmap: Heatmap | None = None
+    """A heatmap, or why there is none. A cached one is read on first use: a build whose figures
+    are all rendered already never reads (nor imports numpy for) the values."""
+
+    loaded: Heatmap | None = None
     error: str | None = None
     computed: bool = False
     key: str | None = None  # the cache key of the values
+    cache: Cache | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def heatmap(self) -> Heatmap | None:
+        if self.loaded is None and self.cache is not None and self.key:
+            self.loaded = self.cache.get(self.key)
+        return self.loaded
 
 
 @dataclass
@@ -87,9 +100,8 @@ def run(specs: list[HeatmapSpec], settings: Settings, log=_log) -> dict[HeatmapS
     misses: dict[ModelRef, list[HeatmapSpec]] = defaultdict(list)
     cached: dict[object, int] = defaultdict(int)  # per model (ref, or name when not on this machine)
     for spec, key in found.keys.items():
-        heatmap = None if settings.refresh else cache.get(key)
-        if heatmap is not None:
-            outcomes[spec] = Outcome(heatmap, key=key)
+        if not settings.refresh and cache.has(key):
+            outcomes[spec] = Outcome(key=key, cache=cache)
             cached[found.refs.get(spec, spec.model)] += 1
         elif spec in found.refs:
             misses[found.refs[spec]].append(spec)
@@ -168,9 +180,8 @@ def _compute_model(ref, specs, found: Keys, cache: Cache, settings: Settings, ou
 
     pending = []
     for spec in specs:  # another build may have filled the cache while we waited for the lock
-        heatmap = None if settings.refresh else cache.get(found.keys[spec])
-        if heatmap is not None:
-            outcomes[spec] = Outcome(heatmap, key=found.keys[spec])
+        if not settings.refresh and cache.has(found.keys[spec]):
+            outcomes[spec] = Outcome(key=found.keys[spec], cache=cache)
             cached += 1
         else:
             pending.append(spec)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import importlib.util
 import os
@@ -17,9 +19,8 @@ from mkdocs.utils import get_relative_url
 
 from . import plan
 from .cache import Cache
-from .analysis import analyze
 from .directives import Block, find_blocks, replace_blocks
-from .render import ASSETS, Renderer, data_csv, display_labels
+from .render import ASSETS, Renderer
 from .spec import HeatmapSpec, SpecError, parse_spec
 
 log = get_plugin_logger("layerheat")
@@ -47,6 +48,16 @@ class LayerheatConfig(base.Config):
     """Under `mkdocs serve`, how many loaded models stay in memory between rebuilds."""
     templates = c.Optional(c.Dir(exists=True))
     """A folder of Jinja2 templates overriding the plugin's own (`heatmap.html`, `summary.md`, `summary.html`, `error.html`, `placeholder.html`)."""
+
+
+def _export(outcome: plan.Outcome, suffix: str) -> str | None:
+    """The raw matrix of a figure as CSV or JSON, for its download links (None if it cannot be read)."""
+    from .render import data_csv
+
+    heatmap = outcome.heatmap
+    if heatmap is None:
+        return None
+    return data_csv(heatmap) if suffix == ".csv" else heatmap.to_json()
 
 
 def _data_uri(key: str) -> str:
@@ -101,12 +112,14 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
         specs = [spec for block in blocks if isinstance(spec := self._parse(block.body, config), HeatmapSpec)]
         self.outcomes = plan.run(specs, self.settings(config), log)
         store = Cache(self.settings(config).cache_dir)
-        exported = {o.key: o.heatmap for o in self.outcomes.values() if o.heatmap is not None}
-        for key, heatmap in exported.items():  # the "data" links of the figures, written once per entry
-            for suffix, write in ((".csv", data_csv), (".json", lambda h: h.to_json())):
-                uri, path = _data_uri(key) + suffix, store.export(key, suffix, write, heatmap)
-                source = {"abs_src_path": str(path)} if path else {"content": write(heatmap)}
-                files.append(File.generated(config, uri, **source))
+        exported = {o.key: o for o in self.outcomes.values() if o.error is None}
+        for key, outcome in exported.items():  # the "data" links of the figures, made once per entry
+            for suffix in (".csv", ".json"):
+                content = functools.partial(_export, outcome, suffix)
+                path = store.export(key, suffix, content)
+                source = {"abs_src_path": str(path)} if path else {"content": content()}
+                if path or source["content"] is not None:
+                    files.append(File.generated(config, _data_uri(key) + suffix, **source))
         return files
 
     def _parse(self, body: str, config) -> HeatmapSpec | SpecError:
@@ -149,7 +162,18 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
         key = hashlib.sha256(repr((outcome.key, spec, number, data_url, self.renderer.fingerprint)).encode()).hexdigest()
         html = cache.get_rendered(key)
         if html is None:
+            from .analysis import analyze
+            from .render import display_labels
+
             heatmap = outcome.heatmap
+            if heatmap is None:  # the entry proved unusable when read: report it, compute it again
+                for problem in outcome.cache.problems:
+                    log.warning(problem)
+                outcome.cache.problems.clear()
+                outcome = plan.run([spec], dataclasses.replace(self.settings(config), refresh=True), log)[spec]
+                if outcome.error:
+                    return self._error(where, outcome.error)
+                heatmap = outcome.heatmap
             values = heatmap.normalized(spec.normalize)
             labels = display_labels(heatmap.tokens)
             try:

@@ -8,15 +8,20 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
+from typing import TYPE_CHECKING
+
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
 
 from importlib.metadata import version
 
-from .analysis import Findings
 from .cache import source_hash
-from .heatmap import Heatmap
 from .metrics import METRICS
+
+if TYPE_CHECKING:  # numpy is imported only when a figure is drawn: a warm build never needs it
+    import numpy as np
+
+    from .analysis import Findings
+    from .heatmap import Heatmap
 
 ASSETS = Path(__file__).parent / "assets"
 _VISIBLE_WHITESPACE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"})
@@ -42,7 +47,7 @@ def display_labels(tokens: list[str]) -> list[str]:
 
 
 def _number(value: float) -> str:
-    if value is None or np.isnan(value):
+    if value is None or value != value:  # None or NaN
         return "n/a"
     return f"{value:.2f}" if 0.01 <= abs(value) < 1000 else f"{value:.3g}"
 
@@ -82,6 +87,7 @@ def figure_item(heatmap: Heatmap, values: np.ndarray, labels: list[str], normali
     The matrix is one image glyph: its values (and the raw values for the tooltip) travel as
     base64 float32 arrays, a few bytes per cell, instead of a JSON object per cell.
     """
+    import numpy as np
     from bokeh.embed import json_item
     from bokeh.models import (
         BasicTicker, ColorBar, CustomJSHover, FixedTicker, HoverTool, LinearColorMapper, PrintfTickFormatter,
@@ -147,7 +153,7 @@ def data_csv(heatmap: Heatmap) -> str:
     for row, layer in enumerate(heatmap.layers):
         for position, token in enumerate(heatmap.tokens):
             value = heatmap.values[row, position]
-            writer.writerow([position, token, layer, "" if np.isnan(value) else f"{value:.7g}"])
+            writer.writerow([position, token, layer, "" if value != value else f"{value:.7g}"])
     return out.getvalue()
 
 

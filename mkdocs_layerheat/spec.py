@@ -9,8 +9,7 @@ from typing import Any
 
 import yaml
 
-from .heatmap import NORMALIZATIONS
-from .metrics import AGGREGATES, METRICS, MetricRequest
+from .metrics import AGGREGATES, METRICS, NORMALIZATIONS, MetricRequest
 
 DEFAULT_MAX_TOKENS = 4096
 

@@ -68,7 +68,7 @@ logging.basicConfig(level=logging.INFO)
 from mkdocs.commands.build import build
 from mkdocs.config import load_config
 build(load_config(sys.argv[1]))
-print(json.dumps({m: m in sys.modules for m in ("torch", "transformers", "bokeh")}))
+print(json.dumps({m: m in sys.modules for m in ("torch", "transformers", "bokeh", "numpy")}))
 """
 
 
@@ -183,7 +183,7 @@ def test_cached_rebuild_imports_neither_torch_nor_transformers(site, first_build
         [sys.executable, "-c", PROBE, str(site / "mkdocs.yml")], capture_output=True, text=True, cwd=site
     )
     assert probe.returncode == 0, probe.stderr
-    assert json.loads(probe.stdout.strip().splitlines()[-1]) == {"torch": False, "transformers": False, "bokeh": False}
+    assert json.loads(probe.stdout.strip().splitlines()[-1]) == {"torch": False, "transformers": False, "bokeh": False, "numpy": False}
     assert "0 computed" in probe.stderr
 
 

@@ -133,3 +133,18 @@ def test_unwritable_cache_degrades_to_computing_with_one_warning(site):
     assert build.returncode == 0, build.stderr
     assert build.stderr.count("WARNING") == 1 and "cannot write to the cache" in build.stderr
     assert (site / "site" / "index.html").read_text().count('class="layerheat-item"') == 2
+
+
+def test_entry_from_another_version_is_detected_when_read_and_recomputed(site):
+    import numpy as np
+
+    assert mkdocs(site).returncode == 0
+    cache_dir = site / ".cache" / "layerheat"
+    entry = sorted(cache_dir.glob("??/*.npz"))[0]
+    np.savez(entry.with_suffix(".tmp.npz"), values=np.zeros((1, 1)), meta=np.frombuffer(b'{"format": 0}', np.uint8))
+    entry.with_suffix(".tmp.npz").replace(entry)  # a complete archive, but not an entry of this version
+    shutil.rmtree(cache_dir / "rendered")  # the figure must be drawn again, so the entry is read
+    build = mkdocs(site)
+    assert build.returncode == 0 and build.stderr.count("is unusable") == 1, build.stderr
+    assert (site / "site" / "index.html").read_text().count('class="layerheat-item"') == 2
+    assert "2 heatmaps, 2 cached, 0 computed" in mkdocs(site).stderr
