@@ -62,11 +62,17 @@ def figure_height(n_layers: int) -> int:
     return int(min(900, max(320, 16 * n_layers + 160)))
 
 
-def _palette() -> tuple[str, ...]:
-    """Light yellow (low) to dark brown (high)."""
-    from bokeh.palettes import YlOrBr9, interp_palette
+def _palette(name: str) -> tuple[str, ...]:
+    """256 colours, low to high: see `spec.PALETTES`."""
+    from bokeh.palettes import Cividis256, RdBu11, Viridis256, YlOrBr9, interp_palette
 
-    return interp_palette(YlOrBr9[::-1], 256)
+    if name == "cividis":
+        return Cividis256
+    if name == "viridis":
+        return Viridis256
+    if name == "diverging":
+        return interp_palette(RdBu11[::-1], 256)  # blue (negative) through white to red (positive)
+    return interp_palette(YlOrBr9[::-1], 256)  # light yellow (low) to dark brown (high)
 
 
 # Hover text for a cell of the image: "$x{token}" names the token, "$x{raw}" gives the raw value
@@ -81,7 +87,8 @@ return Number.isNaN(v) ? "n/a" : v.toFixed(3);
 """
 
 
-def figure_item(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: str) -> dict:
+def figure_item(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: str,
+                palette: str = "yellow-brown", layer_label: str = "Layer") -> dict:
     """The Bokeh figure as a `json_item`, to embed with `Bokeh.embed.embed_item`.
 
     The matrix is one image glyph: its values (and the raw values for the tooltip) travel as
@@ -96,7 +103,9 @@ def figure_item(heatmap: Heatmap, values: np.ndarray, labels: list[str], normali
 
     n_layers, n_tokens = values.shape
     low, high = (0.0, 1.0) if normalize != "none" else (float(np.nanmin(values)), float(np.nanmax(values)))
-    mapper = LinearColorMapper(palette=_palette(), low=low, high=high, nan_color="#d9d9d9")
+    if palette == "diverging" and normalize == "none":  # white is zero: a symmetric range around it
+        low, high = -max(abs(low), abs(high)), max(abs(low), abs(high))
+    mapper = LinearColorMapper(palette=_palette(palette), low=low, high=high, nan_color="#d9d9d9")
     fig = figure(
         x_range=(-0.5, n_tokens - 0.5),
         y_range=(-0.5, n_layers - 0.5),  # row i of the matrix sits at y = i, labelled with its layer
@@ -124,7 +133,7 @@ def figure_item(heatmap: Heatmap, values: np.ndarray, labels: list[str], normali
     rows = _layer_ticks(list(range(n_layers)))
     fig.yaxis.ticker = FixedTicker(ticks=rows)
     fig.yaxis.major_label_overrides = {i: str(heatmap.layers[i]) for i in rows}
-    fig.yaxis.axis_label = "Layer"
+    fig.yaxis.axis_label = layer_label
     fig.grid.visible = False
     fig.axis.major_tick_line_color = None
     fig.axis.axis_line_color = None
@@ -201,7 +210,7 @@ class Renderer:
     def figure(self, number: int, heatmap: Heatmap, values: np.ndarray, labels: list[str], spec, findings,
                data_url: str | None = None) -> str:
         """A numbered, linkable figure: the Bokeh payload, caption, metric definition, data links, summary."""
-        item = figure_item(heatmap, values, labels, spec.normalize)
+        item = figure_item(heatmap, values, labels, spec.normalize, spec.palette, spec.layer_label)
         metric = METRICS.get(heatmap.metric)
         payload = _stable_ids(json.dumps(item, separators=(",", ":")))
         # inside <script>, "</" would end the element early: escape the characters HTML cares about

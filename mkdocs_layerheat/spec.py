@@ -30,6 +30,8 @@ class HeatmapSpec:
     normalize: str = "global"
     title: str = ""
     caption: str = ""
+    palette: str = "yellow-brown"
+    layer_label: str = "Layer"
     text_file: str | None = None
     max_tokens: int = DEFAULT_MAX_TOKENS
     query: int | None = None
@@ -58,9 +60,11 @@ class HeatmapSpec:
 
 
 _KEYS = (
-    "model", "text", "text_file", "metric", "normalize", "title", "caption", "max_tokens",
+    "model", "text", "text_file", "metric", "normalize", "title", "caption", "palette", "layer_label", "max_tokens",
     "query", "target", "heads", "aggregate", "layers", "embeddings", "chat", "generate",
 )
+# light yellow to dark brown; two colour-blind-safe sequential maps; blue-white-red for signed values
+PALETTES = ("yellow-brown", "cividis", "viridis", "diverging")
 _SITE_KEYS = ("device", "dtype", "device_map", "trust_remote_code")  # mkdocs.yml only, never a page
 
 
@@ -136,6 +140,12 @@ def parse_spec(body: str, docs_dir: str | Path | None = None) -> HeatmapSpec:
             f" (one of: {', '.join(NORMALIZATIONS)})",
             lines.get("normalize"),
         )
+    palette = string("palette", "yellow-brown")
+    if palette not in PALETTES:
+        raise SpecError(
+            f"unknown palette '{palette}'{_did_you_mean(palette, PALETTES)} (one of: {', '.join(PALETTES)})",
+            lines.get("palette"),
+        )
     max_tokens = data.get("max_tokens", DEFAULT_MAX_TOKENS)
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise SpecError("'max_tokens' must be a positive integer", lines.get("max_tokens"))
@@ -156,6 +166,8 @@ def parse_spec(body: str, docs_dir: str | Path | None = None) -> HeatmapSpec:
         normalize=normalize,
         title=string("title", "") or "",
         caption=string("caption", "") or "",
+        palette=palette,
+        layer_label=string("layer_label", "Layer") or "Layer",
         text_file=text_file,
         max_tokens=max_tokens,
         **options,

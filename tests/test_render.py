@@ -54,3 +54,16 @@ def test_csv_export_quotes_data_and_leaves_undefined_cells_empty():
     assert rows[0] == "position,token,layer,attention"
     assert rows[1] == '0,"a,""b""",1,1.5'
     assert rows[2] == "1,=cmd,1,"
+
+
+def test_palettes_and_a_symmetric_range_for_signed_values():
+    heatmap = make([[-0.5, 0.25], [0.1, 0.2]], ["a", "b"], ["text", "text"])
+    mappers = {}
+    for palette in ("yellow-brown", "cividis", "viridis", "diverging"):
+        item = figure_item(heatmap, heatmap.values, ["a", "b"], "none", palette, "Block")
+        mappers[palette] = next(walk(item["doc"], "LinearColorMapper"))["attributes"]
+        assert any(a["attributes"].get("axis_label") == "Block" for a in walk(item["doc"], "LinearAxis"))
+    assert mappers["yellow-brown"]["palette"][0].lower() == "#ffffe5"  # light yellow at the bottom
+    assert mappers["cividis"]["palette"][0] != mappers["viridis"]["palette"][0]
+    assert (mappers["diverging"]["low"], mappers["diverging"]["high"]) == (-0.5, 0.5)
+    assert (mappers["viridis"]["low"], mappers["viridis"]["high"]) == (-0.5, 0.25)

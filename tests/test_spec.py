@@ -387,3 +387,12 @@ def test_option_changes_the_spec_identity():
     b = parse_spec("model: m\ntext: t\nmetric: attention\nheads: 1")
     c = parse_spec("model: m\ntext: t\nmetric: attention\nheads: [2]")
     assert a == b and hash(a) == hash(b) and a != c
+
+
+def test_palette_and_layer_label():
+    spec = parse_spec("model: m\ntext: t\npalette: cividis\nlayer_label: Block")
+    assert (spec.palette, spec.layer_label) == ("cividis", "Block")
+    assert parse_spec("model: m\ntext: t").palette == "yellow-brown"
+    with pytest.raises(SpecError, match="unknown palette 'viridus' \\(did you mean 'viridis'\\?\\)") as info:
+        parse_spec("model: m\ntext: t\npalette: viridus")
+    assert info.value.line == 3
