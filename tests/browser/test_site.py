@@ -1,0 +1,172 @@
+"""The project's own documentation site, built for real and opened in headless Chromium (Debian's, via Playwright).
+
+Screenshots of every page go to tests/artifacts/ (git-ignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--headless", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--disable-gpu", "--no-first-run"]
+PAGES = ["", "getting-started/", "reference/", "metrics/", "analysis/", "caching/", "examples/arithmetic/",
+         "examples/long-text/"]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> str:
+    """The docs site, built into a temporary folder and served on a free localhost port."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is missing: `make test` installs it (make browser)")
+    out = tmp_path_factory.mktemp("docs-site")
+    build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "-q", "-d", str(out)], cwd=ROOT,
+                           capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert build.returncode == 0, build.stderr
+    handler = functools.partial(type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None}),
+                                directory=str(out))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", out
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A page that records console errors and failed or off-site requests."""
+    context = browser.new_context(viewport={"width": 1300, "height": 1000})
+    tab = context.new_page()
+    tab.problems = []
+    tab.on("console", lambda m: tab.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    tab.on("pageerror", lambda e: tab.problems.append(f"page error: {e}"))
+    tab.on("requestfailed", lambda r: tab.problems.append(f"failed request: {r.url}"))
+    tab.on("request", lambda r: None if r.url.startswith(("http://127.0.0.1", "data:", "blob:"))
+           else tab.problems.append(f"off-site request: {r.url}"))
+    yield tab
+    context.close()
+
+
+def wait_for_figures(tab, count: int | None = None) -> int:
+    tab.wait_for_load_state("networkidle")
+    expected = count if count is not None else tab.locator("script.layerheat-item").count()
+    for i in range(expected):  # Playwright's locators see into the shadow DOM where BokehJS draws
+        tab.locator(".layerheat-plot").nth(i).locator("canvas").first.wait_for()
+    tab.wait_for_timeout(300)
+    return expected
+
+
+def plot_pixels(tab, index: int = 0) -> np.ndarray:
+    from PIL import Image
+    import io
+
+    png = tab.locator(".layerheat-plot").nth(index).screenshot()
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_loads_cleanly_and_draws_its_heatmaps(site, page, path):
+    url, _ = site
+    page.goto(url + path)
+    figures = wait_for_figures(page)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"page-{path.strip('/').replace('/', '-') or 'index'}.png"), full_page=True)
+    for i in range(figures):
+        box = page.locator(".layerheat-plot").nth(i).bounding_box()
+        assert box["width"] >= 320 and box["height"] >= 300
+        pixels = plot_pixels(page, i)
+        assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # a drawn heatmap, not a blank box
+    assert page.problems == []
+
+
+def test_hover_shows_the_cell_under_the_pointer(site, page):
+    url, _ = site
+    page.goto(url + "examples/arithmetic/")
+    wait_for_figures(page)
+    plot = page.locator(".layerheat-plot").first
+    box = plot.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.5)
+    tooltip = page.wait_for_function(
+        """() => { const out = []; const walk = n => { if (n.shadowRoot) walk(n.shadowRoot);
+            for (const c of n.children || []) walk(c);
+            if (n.classList && n.classList.contains('bk-tooltip-content')) out.push(n.innerText); };
+          walk(document.body); return out.length ? out[0] : null; }""").json_value()
+    fields = dict(line.split(":\t", 1) for line in tooltip.splitlines())
+    position = int(re.search(r"\(position (\d+)", fields["token"]).group(1))
+    layer = int(fields["layer"])
+    # the value shown is the matrix's, read back from the figure's own data download
+    link = page.locator("figure.layerheat").first.locator("a[href$='.json']").evaluate("a => a.href")
+    data = json.loads(page.evaluate("async url => (await fetch(url)).text()", link))
+    raw = np.array([[np.nan if v is None else v for v in row] for row in data["values"]])
+    assert fields["token"].startswith(data["tokens"][position].strip() or "␣")
+    assert float(fields["raw value"]) == pytest.approx(raw[data["layers"].index(layer), position], abs=6e-4)
+    lo, hi = np.nanmin(raw), np.nanmax(raw)
+    normalised = (raw[data["layers"].index(layer), position] - lo) / (hi - lo)
+    assert float(fields["attention received"]) == pytest.approx(normalised, abs=6e-4)
+
+
+def axis_colour(tab) -> str:
+    return tab.evaluate("""() => [...Bokeh.documents[0].all_models]
+        .find(m => m.properties && 'axis_label_text_color' in m.properties).axis_label_text_color""")
+
+
+def test_palette_toggle_restyles_the_figures_without_reload(site, page):
+    url, _ = site
+    page.goto(url + "examples/arithmetic/")
+    wait_for_figures(page)
+    light = axis_colour(page)
+    page.locator("label[for='__palette_1']").click()
+    page.wait_for_function("document.body.getAttribute('data-md-color-scheme') === 'slate'")
+    page.wait_for_timeout(300)
+    dark = axis_colour(page)
+    assert light != dark
+    page.locator(".layerheat-plot").first.screenshot(path=str(ARTIFACTS / "figure-dark.png"))
+    assert page.problems == []
+
+
+def test_instant_navigation_renders_the_next_pages_figures(site, page):
+    url, _ = site
+    page.goto(url)
+    wait_for_figures(page)
+    page.get_by_role("link", name="Example: an arithmetic answer").first.click()
+    page.wait_for_url("**/examples/arithmetic/")
+    count = page.locator("script.layerheat-item").count()
+    assert count >= 4
+    wait_for_figures(page, count)
+    assert len(np.unique(plot_pixels(page, count - 1).reshape(-1, 3), axis=0)) > 50
+    assert page.problems == []
+
+
+def test_a_500_token_text_scrolls_instead_of_squashing(site, page):
+    url, _ = site
+    page.goto(url + "examples/long-text/")
+    wait_for_figures(page)
+    tokens = page.evaluate("() => JSON.parse(document.querySelector('script.layerheat-item').textContent)")
+    labels = re.search(r'\["labels",\[(.*?)\]\]', json.dumps(tokens, separators=(",", ":"))).group(1)
+    assert labels.count('","') + 1 >= 400
+    width, visible = page.evaluate("() => { const d = document.querySelector('.layerheat-plot');"
+                                   " return [d.scrollWidth, d.clientWidth]; }")
+    assert width >= 12 * 400 and visible < width  # at least 12 px per token, scrollable
+    assert page.problems == []
