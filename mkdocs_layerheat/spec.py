@@ -156,7 +156,7 @@ def parse_spec(body: str, docs_dir: str | Path | None = None) -> HeatmapSpec:
     if text_file is not None:
         text = _read_text_file(text_file, docs_dir, lines.get("text_file"))
     if not text or not text.strip():
-        raise SpecError("missing or empty 'text' (or 'text_file')", lines.get("text"))
+        raise SpecError("missing or empty 'text' (or 'text_file')", lines.get("text" if text_file is None else "text_file"))
 
     options = _metric_options(data, lines, metric)
     return HeatmapSpec(

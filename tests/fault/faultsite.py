@@ -1,0 +1,43 @@
+"""Helpers for the fault suite: a small temporary site and real `mkdocs build` runs of it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+GOOD = """\
+```layerheat
+model: tiny
+text: 'The quick dog looks back at the lazy fox.'
+metric: attention
+```
+"""
+
+ENV = {"PATH": "/usr/bin:/bin", "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+       "SOURCE_DATE_EPOCH": "1700000000"}  # MkDocs stamps each page with the build date otherwise
+
+
+def make_site(root: Path, pages: dict[str, str], models: dict[str, str]) -> Path:
+    (root / "docs").mkdir(parents=True, exist_ok=True)
+    for name, text in pages.items():
+        (root / "docs" / name).write_text(text)
+    aliases = ", ".join(f"{k}: '{v}'" for k, v in models.items())
+    (root / "mkdocs.yml").write_text(f"site_name: t\nplugins:\n  - layerheat:\n      models: {{{aliases}}}\n")
+    return root
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mkdocs", "build", *args]
+
+
+def mkdocs(root: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(command(*args), capture_output=True, text=True, cwd=root, env={**ENV, **(env or {})})
+
+
+def popen(root: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(command(*args), cwd=root, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def tree(site_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(site_dir)): p.read_bytes() for p in sorted(site_dir.rglob("*")) if p.is_file()}
