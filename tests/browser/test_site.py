@@ -24,7 +24,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--headless", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--disable-gpu", "--no-first-run"]
 PAGES = ["", "getting-started/", "reference/", "metrics/", "analysis/", "caching/", "examples/arithmetic/",
-         "examples/long-text/"]
+         "examples/long-text/", "troubleshooting/"]
 
 
 @pytest.fixture(scope="module")
