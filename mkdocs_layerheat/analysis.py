@@ -350,15 +350,8 @@ def _empty(heatmap: Heatmap, labels: list[str], v: np.ndarray) -> Findings:
         scale_low=nan, scale_high=nan, layer_means=[nan] * n_layers, layer_medians=[nan] * n_layers,
         top_layers=[], bands=[], tokens=[
             TokenFinding(t, labels[t], None, None, None, 0.0, False, None) for t in range(n_tokens)
-        ], highlights=[], runs=[], token_kinds=_token_kinds(heatmap, n_tokens),
+        ], highlights=[], runs=[], token_kinds=list(heatmap.kinds),
     )
-
-
-def _token_kinds(heatmap: Heatmap, n_tokens: int) -> list[str]:
-    kinds = list(getattr(heatmap, "kinds", None) or [])
-    if len(kinds) != n_tokens:
-        kinds = ["special" if s else "text" for s in (heatmap.special or [False] * n_tokens)]
-    return kinds
 
 
 def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str]) -> Findings:
@@ -445,7 +438,7 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str]) -> Findings
 
     # 4. anomalies: dominant tokens, then tokens whose depth profile is unlike any other piece's
     token_means = _quiet(np.nanmean, v, axis=0)
-    token_kinds = _token_kinds(heatmap, n_tokens)
+    token_kinds = list(heatmap.kinds)  # Heatmap guarantees one kind per token
     anomalies: list[Anomaly] = []
     for t in dominant:
         others = float(np.nanmedian(token_means[kept]))

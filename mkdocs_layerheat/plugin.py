@@ -81,6 +81,7 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
         self.outcomes: dict[HeatmapSpec, plan.Outcome] = {}
         self.figures: dict[str, str] = {}  # placeholder -> HTML, filled per page
         self.parsed: dict[str, HeatmapSpec | SpecError] = {}
+        self.plan_settings = self.settings(config)
         self.nonce = uuid.uuid4().hex[:12]
         if self.config.enabled:
             config.extra_javascript[:0] = [f"{ASSET_DIR}/bokeh.min.js", f"{ASSET_DIR}/layerheat.js"]
@@ -110,8 +111,8 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
             files.append(File.generated(config, f"{ASSET_DIR}/{name}", abs_src_path=str(source)))
         blocks = [block for file in files.documentation_pages() for block in find_blocks(file.content_string)]
         specs = [spec for block in blocks if isinstance(spec := self._parse(block.body, config), HeatmapSpec)]
-        self.outcomes = plan.run(specs, self.settings(config), log)
-        store = Cache(self.settings(config).cache_dir)
+        self.outcomes = plan.run(specs, self.plan_settings, log)
+        store = Cache(self.plan_settings.cache_dir)
         exported = {o.key: o for o in self.outcomes.values() if o.error is None}
         for key, outcome in exported.items():  # the "data" links of the figures, made once per entry
             for suffix in (".csv", ".json"):
@@ -154,10 +155,10 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
             return self._error(f"{page_path}:{block.line + (spec.line or 0)}", str(spec))
         if not self.config.enabled:
             return self.renderer.placeholder(spec)
-        outcome = self.outcomes.get(spec) or plan.run([spec], self.settings(config), log)[spec]
+        outcome = self.outcomes.get(spec) or plan.run([spec], self.plan_settings, log)[spec]
         if outcome.error:
             return self._error(where, outcome.error)
-        cache = Cache(self.settings(config).cache_dir)
+        cache = Cache(self.plan_settings.cache_dir)
         data_url = get_relative_url(_data_uri(outcome.key), page.url)
         key = hashlib.sha256(repr((outcome.key, spec, number, data_url, self.renderer.fingerprint)).encode()).hexdigest()
         html = cache.get_rendered(key)
@@ -170,7 +171,7 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
                 for problem in outcome.cache.problems:
                     log.warning(problem)
                 outcome.cache.problems.clear()
-                outcome = plan.run([spec], dataclasses.replace(self.settings(config), refresh=True), log)[spec]
+                outcome = plan.run([spec], dataclasses.replace(self.plan_settings, refresh=True), log)[spec]
                 if outcome.error:
                     return self._error(where, outcome.error)
                 heatmap = outcome.heatmap
