@@ -1,6 +1,6 @@
 """Build speed of a site with 40 heatmaps of the demo model, against the work nobody can avoid.
 
-    .venv/bin/python bench/build.py [--model .models/SmolLM2-135M-Instruct] [--repeat 3]
+    .venv/bin/python bench/build.py [--model .models/SmolLM2-135M-Instruct] [--repeat 3] [--worker 600]
 
 Generates 5 pages x 8 blocks (attention and hidden-norm alternating) in a temporary folder and
 measures, in one run: a cold build against a floor script (import torch and transformers, load
@@ -8,6 +8,11 @@ the model once, one forward pass per text); a warm build against a plain `mkdocs
 same pages with the blocks as ordinary code fences and the plugin off; one block's text edited
 then `mkdocs build`; and under `mkdocs serve`, the time from editing one block's text to the
 rebuilt page being served. Prints a Markdown table of medians and ratios, and the page weight.
+
+The site is built as a user with `warm_worker: 600` in mkdocs.yml builds it (`--worker 0`: without):
+the builds hand their misses to a local worker process that keeps the model loaded. Also printed:
+an edit then `mkdocs build` computed in the build's own process (LAYERHEAT_WORKER=0), and the first
+edit after the worker has exited (it starts again and loads the model).
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ def block(text: str, metric: str, fence: str = "layerheat") -> str:
     return f"```{fence}\nmodel: demo\ntext: '{text}'\nmetric: {metric}\nnormalize: global\n```\n"
 
 
-def write_site(root: Path, model: Path, plugin: bool) -> None:
+def write_site(root: Path, model: Path, plugin: bool, worker: int = 0) -> None:
     docs = root / "docs"
     docs.mkdir(parents=True, exist_ok=True)
     for page in range(1, 6):
@@ -61,21 +66,21 @@ def write_site(root: Path, model: Path, plugin: bool) -> None:
         )
         (docs / f"page{page}.md").write_text(f"# Page {page}\n\n{body}")
     (docs / "index.md").write_text("# Bench\n")
-    plugins = f"\n  - layerheat:\n      models: {{demo: '{model}'}}\n" if plugin else " []\n"
+    plugins = f"\n  - layerheat:\n      models: {{demo: '{model}'}}\n      warm_worker: {worker}\n" if plugin else " []\n"
     (root / "mkdocs.yml").write_text(f"site_name: bench\nplugins:{plugins}")
 
 
-def timed(cmd: list[str], cwd: Path) -> float:
+def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> float:
     start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=ENV)
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**ENV, **(env or {})})
     elapsed = time.perf_counter() - start
     if result.returncode != 0 or "WARNING" in result.stderr:
         sys.exit(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
     return elapsed
 
 
-def build(root: Path) -> float:
-    return timed([sys.executable, "-m", "mkdocs", "build", "-q"], root)
+def build(root: Path, env: dict | None = None) -> float:
+    return timed([sys.executable, "-m", "mkdocs", "build", "-q"], root, env)
 
 
 def edit(root: Path, n: int) -> str:
@@ -127,6 +132,12 @@ def serve_edit(root: Path, repeat: int) -> list[float]:
         server.wait()
 
 
+def stop_worker(root: Path) -> None:
+    from mkdocs_layerheat import worker
+
+    worker.stop(root / ".cache" / "layerheat")
+
+
 def page_weight(root: Path) -> tuple[int, int, int, int]:
     """Median bytes of one heatmap's embedded payload, of its raw float32 values, of a page; BokehJS bytes."""
     payloads, raw, pages = [], [], []
@@ -142,19 +153,20 @@ def page_weight(root: Path) -> tuple[int, int, int, int]:
     return int(statistics.median(payloads)), int(statistics.median(raw)), int(statistics.median(pages)), bokeh
 
 
-ENV = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+ENV = {**{k: v for k, v in os.environ.items() if k != "LAYERHEAT_WORKER"}, "NO_MKDOCS_2_WARNING": "1"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / ".models" / "SmolLM2-135M-Instruct")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--worker", type=int, default=600, help="the site's warm_worker option (0: no worker)")
     args = parser.parse_args()
     model = args.model.resolve()
     all_texts = [t for page in range(1, 6) for t in texts(page)]
     with tempfile.TemporaryDirectory() as tmp:
         site, plain = Path(tmp, "site"), Path(tmp, "plain")
-        write_site(site, model, plugin=True)
+        write_site(site, model, plugin=True, worker=args.worker)
         write_site(plain, model, plugin=False)
         floor = [timed([sys.executable, "-c", FLOOR, str(model), *all_texts], site) for _ in range(args.repeat)]
         cold = []
@@ -163,12 +175,19 @@ def main() -> None:
             cold.append(build(site))
         warm = [build(site) for _ in range(args.repeat)]
         plain_times = [build(plain) for _ in range(args.repeat)]
-        edits = []
+        edits, in_process, restarts = [], [], []
         for n in range(args.repeat):
             edit(site, n)
             edits.append(build(site))
+            edit(site, 50 + n)
+            in_process.append(build(site, {"LAYERHEAT_WORKER": "0"}))
+            if args.worker:
+                stop_worker(site)  # as after `warm_worker` idle seconds
+                edit(site, 70 + n)
+                restarts.append(build(site))
         weight = page_weight(site)
         serve = serve_edit(site, args.repeat)
+        stop_worker(site)
 
     med = statistics.median
     rows = [
@@ -187,7 +206,13 @@ def main() -> None:
     print(f"\nPage weight: one heatmap adds {payload / 1024:.1f} KiB to its page (its raw float32 values: "
           f"{raw / 1024:.1f} KiB); a page with 8 heatmaps weighs {page / 1024:.0f} KiB; BokehJS "
           f"({bokeh / 1024:.0f} KiB) is served once per site, not in the pages.")
-    print(json.dumps({"cold": cold, "floor": floor, "warm": warm, "plain": plain_times, "edit": edits, "serve": serve}))
+    if args.worker:
+        print(f"\nWith `warm_worker: {args.worker}`: the builds hand their misses to a worker process that keeps the "
+              f"model loaded. An edit then `mkdocs build` computed in the build's own process instead "
+              f"(LAYERHEAT_WORKER=0): {med(in_process):.2f} s; the first edit after the worker has exited "
+              f"(it starts again and loads the model): {med(restarts):.2f} s.")
+    print(json.dumps({"cold": cold, "floor": floor, "warm": warm, "plain": plain_times, "edit": edits,
+                      "edit_in_process": in_process, "edit_worker_restarted": restarts, "serve": serve}))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import tempfile
+import time
 import zipfile
 from dataclasses import fields
 from functools import lru_cache
@@ -20,6 +21,7 @@ if TYPE_CHECKING:  # numpy and the Heatmap type load only when an entry is read 
     from .heatmap import Heatmap
 
 FORMAT = 1
+STALE_TEMP_SECONDS = 600  # a temporary file this old was left by a killed write: no write lasts that long
 
 
 def _version(package: str) -> str:
@@ -100,6 +102,19 @@ class Cache:
     def converted_dir(self, model_fingerprint: str) -> Path:
         """Where a .gguf model with this fingerprint is kept dequantised."""
         return self.directory / "converted" / hashlib.sha256(model_fingerprint.encode()).hexdigest()[:16]
+
+    def sweep(self, older_than: float = STALE_TEMP_SECONDS) -> int:
+        """Remove the temporary files of writes that were killed; younger ones may be another build's, in progress."""
+        cutoff, removed = time.time() - older_than, 0
+        for pattern in ("*.tmp", "??/*.tmp", "rendered/*.tmp", "exports/*.tmp"):
+            for path in self.directory.glob(pattern):
+                try:
+                    if path.is_file() and path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed += 1
+                except OSError:
+                    pass  # gone meanwhile, or not ours to remove
+        return removed
 
     def entries(self) -> list[Path]:
         return sorted(self.directory.glob("??/*.npz"))

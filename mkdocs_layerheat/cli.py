@@ -62,7 +62,7 @@ def extract(
         raise click.UsageError(str(exc)) from None
     try:
         loaded = load(
-            resolve(model), device, eager_attention=METRICS[metric].site == "attention",
+            resolve(model), device, eager_attention=True,  # as a build loads it: the same numbers
             dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
         )
         heatmap = extraction.extract(
@@ -162,7 +162,8 @@ def info(config_file: Path) -> None:
 @cache.command()
 @_config_option
 def prune(config_file: Path) -> None:
-    """Remove the entries that no page of the site uses (and rendered HTML, rebuilt on the next build)."""
+    """Remove the entries that no page of the site uses, temporary files left by killed builds, and rendered HTML
+    (rebuilt on the next build)."""
     import shutil
 
     from .cache import Cache
@@ -180,7 +181,9 @@ def prune(config_file: Path) -> None:
     for folder in (store.directory / "converted").glob("*"):
         if folder not in converted:
             shutil.rmtree(folder, ignore_errors=True)
-    click.echo(f"removed {len(stale)} unused heatmaps, kept {len(store.entries())}")
+    swept = store.sweep()
+    click.echo(f"removed {len(stale)} unused heatmaps, kept {len(store.entries())}"
+               + (f"; removed {swept} temporary files left by killed builds" if swept else ""))
 
 
 @cache.command()
@@ -221,7 +224,7 @@ def summarize(heatmap_file: Path, as_json: bool, templates: Path | None) -> None
     normalize = data.get("normalize") or "none"
     if normalize not in NORMALIZATIONS:
         raise click.ClickException(f"{heatmap_file}: unknown normalize {normalize!r}")
-    labels = display_labels(heatmap.tokens)
+    labels = display_labels(heatmap.tokens, heatmap.token_bytes)
     findings = analyze(heatmap, heatmap.values, labels)
     narrative: Narrative = Renderer(templates).narrative
     raw_known = normalize == "none"  # a normalised file no longer holds the raw values

@@ -75,11 +75,12 @@ def replace_blocks(markdown: str, blocks: list[Block], replacement: Callable[[Bl
 
 
 def specs_in(markdown: str, docs_dir: str | Path) -> list[HeatmapSpec]:
-    """The valid specs of a page (bad blocks are reported when the page renders, with their line)."""
+    """The heatmaps a page needs: each valid block's, both of a `compare:` block (bad blocks are reported
+    when the page renders, with their line)."""
     specs = []
     for block in find_blocks(markdown):
         try:
-            specs.append(parse_spec(block.body, docs_dir))
+            specs.extend(parse_spec(block.body, docs_dir).sides())
         except SpecError:
             pass
     return specs

@@ -10,6 +10,7 @@ layer nor the hidden states of all layers are ever held.
 from __future__ import annotations
 
 import inspect
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,7 @@ class Sequence:
     special: list[bool]
     kinds: list[str]  # "text", "special", "template" or "generated"
     provenance: dict[str, Any] = field(default_factory=dict)
+    token_bytes: list[str | None] = field(default_factory=list)  # hex bytes of each fragment token, else None
 
 
 # --------------------------------------------------------------------------- texts
@@ -97,7 +99,59 @@ def prepare(loaded: LoadedModel, source: TextInput) -> Sequence:
     kinds = ["special" if s and k == "text" else k for k, s in zip(kinds, special)]
     pieces = [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
     provenance["token_ids"] = ids
-    return Sequence(ids, pieces, special, kinds, provenance)
+    return Sequence(ids, pieces, special, kinds, provenance, fragment_bytes(tokenizer, ids, pieces))
+
+
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte-fallback tokens
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: each byte as a printable character (the table of byte-level BPE vocabularies)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {b: chr(b) for b in printable}, 0
+    for b in range(256):
+        if b not in table:
+            table[b], extra = chr(256 + extra), extra + 1
+    return table
+
+
+_BYTE_DECODER = {char: byte for byte, char in _bytes_to_unicode().items()}
+
+
+def _raw_bytes(name: str) -> bytes | None:
+    """The bytes a vocabulary entry stands for, when it is a byte-fallback token or a byte-level BPE token."""
+    match = _BYTE_FALLBACK.fullmatch(name)
+    if match:
+        return bytes([int(match[1], 16)])
+    if name and all(char in _BYTE_DECODER for char in name):
+        return bytes(_BYTE_DECODER[char] for char in name)
+    return None
+
+
+def fragment_bytes(tokenizer: Any, ids: list[int], pieces: list[str]) -> list[str | None]:
+    """For each token that is not valid UTF-8 on its own (a part of a multi-byte character), its exact bytes as hex.
+
+    Such a token decodes to U+FFFD, so two different fragments would look alike. The bytes come from the
+    vocabulary entry: `<0xE2>` for SentencePiece byte fallback, the byte-level alphabet for GPT-2-style BPE.
+    An entry is trusted only when its bytes decode (lossily) to the token's piece; other tokens get None.
+    """
+    out: list[str | None] = [None] * len(ids)
+    candidates = [k for k, piece in enumerate(pieces) if "\ufffd" in piece]
+    if not candidates:
+        return out
+    names = tokenizer.convert_ids_to_tokens([ids[k] for k in candidates])
+    for k, name in zip(candidates, names):
+        data = _raw_bytes(name) if isinstance(name, str) else None
+        if data is None:
+            continue
+        try:
+            data.decode("utf-8")
+            continue  # whole characters (a real U+FFFD in the text, say): not a fragment
+        except UnicodeDecodeError:
+            pass
+        if data.decode("utf-8", "replace").strip() == pieces[k].strip():
+            out[k] = data.hex()
+    return out
 
 
 def _chat_prompt(tokenizer: Any, text: str) -> tuple[str, tuple[int, int]]:
@@ -199,6 +253,8 @@ def extract_specs(loaded: LoadedModel, specs: list[Any], **batching: Any) -> dic
     """A `Heatmap`, or the `ExtractionError` that prevented it, for every `HeatmapSpec` (all of one model)."""
     specs = list(dict.fromkeys(specs))
     items = [(TextInput(s.text, s.chat, s.generate, s.max_tokens), s.request()) for s in specs]
+    if loaded.device.type == "cpu":  # one text per pass: a value never depends on the texts beside it
+        batching.setdefault("batch_size", 1)
     results = extract_many(loaded, items, **batching)
     return dict(zip(specs, results))
 
@@ -270,6 +326,7 @@ def _heatmap(loaded: LoadedModel, seq: Sequence, request: MetricRequest, values:
         special=list(seq.special),
         kinds=list(seq.kinds),
         provenance=provenance,
+        token_bytes=list(seq.token_bytes),
     )
 
 
@@ -296,6 +353,11 @@ def _check(loaded: LoadedModel, request: MetricRequest, seq: Sequence) -> None:
             raise ExtractionError(
                 f"metric '{metric.name}' needs the attention weights: load the model with eager attention "
                 f"(it uses '{loaded.attention}', which does not return them)"
+            )
+        if all(a is None for a in loaded.attentions):
+            raise ExtractionError(
+                f"metric '{metric.name}' needs attention weights, but {type(loaded.model).__name__} has no "
+                "attention layers (use hidden-norm, update or logit-lens)"
             )
         if any(a is None for a in loaded.attentions):
             layer = next(i for i, a in enumerate(loaded.attentions) if a is None) + 1

@@ -20,6 +20,9 @@ class Heatmap:
     Values are stored as computed; `normalized()` gives the 0-1 view a figure shows.
     `NaN` marks a cell the metric does not define. `kinds` says what each token is: part of the
     author's `text`, a tokenizer `special` token, a chat-`template` token, or `generated` by the model.
+    `token_bytes` holds, for a token that is only part of a multi-byte character (its piece in `tokens`
+    is then U+FFFD), the token's exact bytes as hex, and None for every other token; it is empty when no
+    token is such a fragment (entries written before it existed load the same way).
     """
 
     values: np.ndarray
@@ -30,6 +33,7 @@ class Heatmap:
     special: list[bool] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
     kinds: list[str] = field(default_factory=list)
+    token_bytes: list[str | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.values = np.asarray(self.values, dtype=np.float32)
@@ -37,6 +41,12 @@ class Heatmap:
             self.special = [False] * len(self.tokens)
         if not self.kinds:
             self.kinds = ["special" if s else "text" for s in self.special]
+        self.token_bytes = list(self.token_bytes or []) if any(self.token_bytes or []) else []
+        if self.token_bytes and len(self.token_bytes) != len(self.tokens):
+            raise ValueError(f"{len(self.token_bytes)} token_bytes for {len(self.tokens)} tokens")
+        for entry in self.token_bytes:
+            if entry is not None and not (isinstance(entry, str) and entry and bytes.fromhex(entry)):
+                raise ValueError(f"token_bytes entry {entry!r} is not hex")
         expected = (len(self.layers), len(self.tokens))
         if self.values.shape != expected or len(self.special) != len(self.tokens) or len(self.kinds) != len(self.tokens):
             raise ValueError(f"heatmap shape {self.values.shape} does not match {expected} (layers, tokens)")
@@ -46,16 +56,7 @@ class Heatmap:
 
     def normalized(self, mode: str) -> np.ndarray:
         """Values mapped to 0..1 over the whole matrix, per layer (row) or per token (column)."""
-        if mode == "none":
-            return self.values.copy()
-        axis = {"global": None, "layer": 1, "token": 0}[mode]
-        v = self.values.astype(np.float64)
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN row or column stays NaN
-            lo = np.nanmin(v, axis=axis, keepdims=True)
-            span = np.nanmax(v, axis=axis, keepdims=True) - lo
-            out = np.where(span > 0, (v - lo) / np.where(span > 0, span, 1), 0.0)
-        return np.where(np.isnan(v), np.nan, out).astype(np.float32)
+        return normalize(self.values, mode)
 
     def to_dict(self, normalize: str = "none") -> dict[str, Any]:
         """The exchange format of `layerheat extract`: plain JSON types, `null` for NaN."""
@@ -67,6 +68,7 @@ class Heatmap:
             "tokens": list(self.tokens),
             "special": list(self.special),
             "kinds": list(self.kinds),
+            **({"token_bytes": list(self.token_bytes)} if self.token_bytes else {}),
             "layers": list(self.layers),
             "values": [[None if np.isnan(x) else float(x) for x in row] for row in values],
             "provenance": self.provenance,
@@ -83,8 +85,24 @@ class Heatmap:
             model=data.get("model", "unknown"),
             special=list(data.get("special") or []),
             kinds=list(data.get("kinds") or []),
+            token_bytes=list(data.get("token_bytes") or []),
             provenance=dict(data.get("provenance") or {}),
         )
 
     def to_json(self, normalize: str = "none") -> str:
         return json.dumps(self.to_dict(normalize), ensure_ascii=False)
+
+
+def normalize(values: np.ndarray, mode: str) -> np.ndarray:
+    """`values` (`[layers, tokens]`) mapped to 0..1 over the whole matrix (`global`), per row (`layer`) or
+    per column (`token`); `none` returns a copy. NaN stays NaN, a constant stretch maps to 0."""
+    if mode == "none":
+        return np.array(values, dtype=np.float32)
+    axis = {"global": None, "layer": 1, "token": 0}[mode]
+    v = np.asarray(values, dtype=np.float64)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN row or column stays NaN
+        lo = np.nanmin(v, axis=axis, keepdims=True)
+        span = np.nanmax(v, axis=axis, keepdims=True) - lo
+        out = np.where(span > 0, (v - lo) / np.where(span > 0, span, 1), 0.0)
+    return np.where(np.isnan(v), np.nan, out).astype(np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -19,6 +20,10 @@ class ModelError(Exception):
     """A model reference that cannot be resolved or loaded."""
 
 
+class ModelOutsideError(ModelError):
+    """A model path, written in a page, outside the folders that mkdocs.yml allows."""
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """Where a model lives: a local directory, a local .gguf file, or a hub repository at a revision."""
@@ -32,11 +37,23 @@ class ModelRef:
         return self.name or self.location
 
 
-def resolve(reference: str, aliases: dict[str, str] | None = None, base_dir: str | Path = ".") -> ModelRef:
-    """Turn an alias, a path (relative to `base_dir`) or `owner/name[@revision]` into a `ModelRef`."""
+def resolve(
+    reference: str, aliases: dict[str, str] | None = None, base_dir: str | Path = ".", allowed: list[Path] | None = None
+) -> ModelRef:
+    """Turn an alias, a path (relative to `base_dir`) or `owner/name[@revision]` into a `ModelRef`.
+
+    `allowed`: the folders that a path which is not an alias must lie in, symlinks resolved (None: anywhere).
+    """
     aliases = aliases or {}
     target = aliases.get(reference, reference)
     path = Path(base_dir, os.path.expanduser(target))
+    local = path.is_file() if path.suffix == ".gguf" else path.is_dir()
+    if allowed is not None and reference not in aliases and local:
+        if not any(path.resolve().is_relative_to(Path(folder).resolve()) for folder in allowed):
+            raise ModelOutsideError(
+                f"model path '{reference}' is outside the project folder; "
+                "list its folder in the plugin option model_dirs to allow it"
+            )
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"model file '{target}' not found")
@@ -212,6 +229,8 @@ def load(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one log line per model is ours to print
+    if not logging.getLogger("mkdocs.plugins.layerheat").isEnabledFor(logging.DEBUG):
+        hf_logging.set_verbosity_error()  # transformers' notices (kernels, fallbacks) only with -v
     register_attention()
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)

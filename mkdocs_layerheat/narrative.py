@@ -16,10 +16,12 @@ import numpy as np
 from jinja2 import BaseLoader, Environment, StrictUndefined, pass_context
 
 from .analysis import Findings
+from .compare import IDENTICAL, Difference
 from .heatmap import Heatmap
 from .metrics import METRICS
 
 TEMPLATE = "summary.md"
+COMPARE_TEMPLATE = "compare.md"
 PER_BAND = 4  # token highlights listed per band (the strongest), the rest counted
 MAX_RUNS = 4  # sustained runs listed
 
@@ -79,6 +81,19 @@ def join(items: list[str], last: str = "and") -> str:
     return ", ".join(items[:-1]) + f" {last} " + items[-1]
 
 
+def layers(first: int, last: int, capital: bool = False) -> str:
+    """"layer 3" or "layers 3–7"."""
+    word = "Layer" if capital else "layer"
+    return f"{word} {first}" if first == last else f"{word}s {first}–{last}"
+
+
+@pass_context
+def signed(context, value: float) -> str:
+    """A difference with its sign, on the figure's scale: "+0.12", "−0.05"."""
+    text = scaled(context, abs(value))
+    return text if not text.strip("0.") else ("+" if value > 0 else "−") + text
+
+
 def markdown_to_html(text: str) -> str:
     """The summary's Markdown as HTML, with raw HTML, autolinks, links and images disabled."""
     import markdown
@@ -98,10 +113,12 @@ class Narrative:
     def __init__(self, loader: BaseLoader):
         self.env = Environment(loader=loader, autoescape=False, trim_blocks=True, lstrip_blocks=True,
                                keep_trailing_newline=True, undefined=StrictUndefined)
-        self.env.filters.update(num=scaled, raw=number, pct=percent, code=code, cell=cell)
-        self.env.globals.update(join=join)
+        self.env.filters.update(num=scaled, raw=number, pct=percent, code=code, cell=cell, signed=signed)
+        self.env.globals.update(join=join, layers=layers)
 
-    def context(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool = True) -> dict:
+    def context(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool = True,
+                shared: bool = False) -> dict:
+        """`shared`: the heatmap is one side of a `compare:` block, scaled together with the other."""
         f = findings
         metric = METRICS.get(heatmap.metric)
         span = f.scale_high - f.scale_low
@@ -125,16 +142,13 @@ class Narrative:
                 return tok(indices[0])
             return f"{code(f.labels[indices[0]])} (positions {join([str(i) for i in indices])})"
 
-        def layers(first: int, last: int, capital: bool = False) -> str:
-            word = "Layer" if capital else "layer"
-            return f"{word} {first}" if first == last else f"{word}s {first}–{last}"
-
         return {
             "f": f,
             "findings": f,
             "heatmap": heatmap,
             "normalize": normalize,
             "raw_known": raw_known,
+            "shared": shared,
             "n_tokens": f.n_tokens,
             "metric_name": heatmap.metric,
             "definition": metric.definition if metric else f"value of the metric {code(heatmap.metric)}",
@@ -147,13 +161,30 @@ class Narrative:
             "toks": toks,
             "some": some,
             "group": group,
-            "layers": layers,
             "decimals": decimals(span if span > 0 else abs(f.high - f.low)),
             "all_nan": bool(np.isnan(f.low)) if isinstance(f.low, float) else False,
         }
 
-    def markdown(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool = True) -> str:
-        text = self.env.get_template(TEMPLATE).render(self.context(heatmap, findings, normalize, raw_known))
+    def markdown(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool = True,
+                 shared: bool = False) -> str:
+        text = self.env.get_template(TEMPLATE).render(self.context(heatmap, findings, normalize, raw_known, shared))
+        return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+    def comparison(self, a: Heatmap, b: Heatmap, diff: Difference, labels: tuple[list[str], list[str]],
+                   names: tuple[str, str], normalize: str) -> str:
+        """The summary of a `compare:` block (`compare.md`): what differs between heatmap (a) and (b)."""
+        labels_a, labels_b = labels
+
+        def tok(index: int) -> str:
+            if labels_a[index] == labels_b[index]:
+                return code(labels_b[index])
+            return f"{code(labels_a[index])} → {code(labels_b[index])}"
+
+        text = self.env.get_template(COMPARE_TEMPLATE).render(
+            a=a, b=b, d=diff, tok=tok, names=[code(n) for n in names],
+            decimals=decimals(max(diff.largest, IDENTICAL * diff.scale)),  # resolve the differences themselves
+            changed=[tok(i) for i in diff.changed], identical=IDENTICAL, normalize=normalize,
+        )
         return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
     def observations(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool = True) -> list[str]:

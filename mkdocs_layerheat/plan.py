@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import time
 from collections import OrderedDict, defaultdict
 from contextlib import contextmanager
@@ -13,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import Cache, cache_key
-from .metrics import METRICS
-from .models import ModelError, ModelRef, fingerprint, resolve
+from .models import ModelError, ModelOutsideError, ModelRef, first_line, fingerprint, resolve
 from .spec import HeatmapSpec
 
 if TYPE_CHECKING:
@@ -53,6 +53,8 @@ class Settings:
     trust_remote_code: tuple[str, ...] = ()  # model aliases (or references) allowed to run their own code
     refresh: bool = False  # recompute even what the cache holds
     keep_models: int = 0  # models kept loaded after the build (mkdocs serve)
+    warm_worker: int = 0  # > 0: misses go to a local worker process that keeps models loaded this many idle seconds
+    model_dirs: tuple[Path, ...] = ()  # besides base_dir, folders whose models pages may name by path
 
 
 @dataclass
@@ -76,12 +78,12 @@ def keys_for(specs: list[HeatmapSpec], settings: Settings) -> Keys:
     for spec in dict.fromkeys(specs):
         target = settings.aliases.get(spec.model, spec.model)
         try:
-            ref = resolve(spec.model, settings.aliases, settings.base_dir)
+            ref = resolve(spec.model, settings.aliases, settings.base_dir, [settings.base_dir, *settings.model_dirs])
             if target not in by_target:
                 by_target[target] = fingerprint(ref, settings.cache_dir / "fingerprints.json")
             found.refs[spec], found.fingerprints[ref] = ref, by_target[target]
         except ModelError as exc:
-            if target not in manifest:
+            if target not in manifest or isinstance(exc, ModelOutsideError):
                 found.errors[spec] = str(exc)
                 continue
             by_target.setdefault(target, manifest[target])
@@ -108,9 +110,18 @@ def run(specs: list[HeatmapSpec], settings: Settings, log=_log) -> dict[HeatmapS
         else:
             outcomes[spec] = Outcome(error=f"model '{spec.model}' is not on this machine and the cache has no entry")
     if misses:
-        with _lock(cache, log):
-            for ref, todo in misses.items():
-                _compute_model(ref, todo, found, cache, settings, outcomes, log, cached.pop(ref, 0))
+        remote = None
+        if settings.warm_worker > 0:  # the worker computes them with the model it keeps loaded
+            from . import worker
+
+            remote = worker.compute(misses, found, settings, {ref: cached[ref] for ref in misses if ref in cached},
+                                    cache, log)
+        if remote is not None:
+            outcomes.update(remote)
+            for ref in misses:
+                cached.pop(ref, None)
+        else:
+            compute_misses(misses, found, cache, settings, outcomes, log, cached)
     for model, count in cached.items():
         log.info(f"model {model}: {count} heatmaps, {count} cached")
     for problem in dict.fromkeys(cache.problems):
@@ -126,6 +137,14 @@ def run(specs: list[HeatmapSpec], settings: Settings, log=_log) -> dict[HeatmapS
     return outcomes
 
 
+def compute_misses(misses: dict[ModelRef, list[HeatmapSpec]], found: Keys, cache: Cache, settings: Settings,
+                   outcomes: dict[HeatmapSpec, Outcome], log, cached: dict) -> None:
+    """Compute the misses model by model under the cache's lock, storing them (in this process or the warm worker's)."""
+    with _lock(cache, log):
+        for ref, todo in misses.items():
+            _compute_model(ref, todo, found, cache, settings, outcomes, log, cached.pop(ref, 0))
+
+
 @contextmanager
 def _lock(cache: Cache, log):
     """Hold the cache's lock while computing; a cache that cannot be locked (read-only) is used unlocked."""
@@ -138,6 +157,8 @@ def _lock(cache: Cache, log):
         yield
         return
     try:
+        if removed := cache.sweep():
+            log.debug(f"removed {removed} temporary files left in the cache by killed builds")
         yield
     finally:
         lock.release()
@@ -151,33 +172,36 @@ def _key_options(spec: HeatmapSpec, settings: Settings) -> dict[str, Any]:
     return options
 
 
-def _acquire(ref: ModelRef, settings: Settings, eager: bool, model_fingerprint: str) -> Any:
-    """A loaded model: from the pool kept between builds, or loaded now."""
+def _acquire(ref: ModelRef, settings: Settings, model_fingerprint: str) -> Any:
+    """A loaded model: from the pool kept between builds, or loaded now.
+
+    It is always loaded able to give attention weights (our chunked attention), whatever the metrics
+    at hand: the attention kernel changes every later value in its last digits, and a cached value
+    must not depend on which other blocks were computed with it.
+    """
     from .models import load
 
-    key = (ref, settings.device, settings.dtype, eager)
+    key = (ref, settings.device, settings.dtype, model_fingerprint)
     if key in _pool:
         _pool.move_to_end(key)
         return _pool[key]
     converted = Cache(settings.cache_dir).converted_dir(model_fingerprint)
     trust = ref.name in settings.trust_remote_code or settings.aliases.get(ref.name, ref.name) in settings.trust_remote_code
     return load(
-        ref, settings.device, eager_attention=eager, converted=converted,
+        ref, settings.device, eager_attention=True, converted=converted,
         dtype=settings.dtype, device_map=settings.device_map, trust_remote_code=trust,
     )
 
 
-def _release(ref: ModelRef, settings: Settings, eager: bool, loaded: Any) -> None:
+def _release(ref: ModelRef, settings: Settings, loaded: Any, model_fingerprint: str = "") -> None:
     """Keep the model for the next build when asked to (LRU), else free it now."""
-    _pool[(ref, settings.device, settings.dtype, eager)] = loaded
+    _pool[(ref, settings.device, settings.dtype, model_fingerprint)] = loaded
     while len(_pool) > settings.keep_models:
         _pool.popitem(last=False)
 
 
 def _compute_model(ref, specs, found: Keys, cache: Cache, settings: Settings, outcomes, log, cached: int) -> None:
     """Run every missing text of one model (one pass per text for all its metrics), loading the model once."""
-    from .extract import ExtractionError, extract_specs
-
     pending = []
     for spec in specs:  # another build may have filled the cache while we waited for the lock
         if not settings.refresh and cache.has(found.keys[spec]):
@@ -188,17 +212,27 @@ def _compute_model(ref, specs, found: Keys, cache: Cache, settings: Settings, ou
     if not pending:
         return
     start = time.perf_counter()
-    eager = any(METRICS[s.metric].site == "attention" for s in pending)
     try:
-        loaded = _acquire(ref, settings, eager, found.fingerprints[ref])
-    except ModelError as exc:
+        loaded = _acquire(ref, settings, found.fingerprints[ref])
+    except Exception as exc:  # also a device that does not exist, or one without room for the model
+        log.debug(f"loading {ref} failed", exc_info=True)
+        if _out_of_memory(exc):
+            message = (f"out of memory loading model '{ref}' on device '{settings.device}': choose dtype: bfloat16, "
+                       "another device, or device_map: auto in mkdocs.yml")
+        else:
+            message = str(exc) if isinstance(exc, ModelError) else f"cannot load model '{ref}': {first_line(exc)}"
         for spec in pending:
-            outcomes[spec] = Outcome(error=str(exc))
+            outcomes[spec] = Outcome(error=message)
         return
     loaded_at = time.perf_counter()
-    for spec, result in extract_specs(loaded, pending).items():  # texts batched, one pass per batch
-        if isinstance(result, ExtractionError):
-            outcomes[spec] = Outcome(error=str(result))
+    results, shared = _extract(loaded, pending, settings, log)
+    if shared:  # a batch failed as a whole: its texts run again one by one, so that only the faulty ones fail
+        gc.collect()  # the failed pass's tensors, held by the error's traceback
+        for text in dict.fromkeys(spec.text for spec in shared):
+            results.update(_extract(loaded, [spec for spec in shared if spec.text == text], settings, log)[0])
+    for spec, result in results.items():
+        if isinstance(result, str):
+            outcomes[spec] = Outcome(error=result)
             continue
         outcomes[spec] = Outcome(result, computed=True, key=found.keys[spec])
         try:
@@ -207,10 +241,53 @@ def _compute_model(ref, specs, found: Keys, cache: Cache, settings: Settings, ou
             log.warning(f"cannot write to the cache {cache.directory} ({exc.strerror}); computing without caching")
             cache.writable = False
     done = time.perf_counter()
+    failed = sum(isinstance(result, str) for result in results.values())
     log.info(
-        f"model {ref}: {len(pending) + cached} heatmaps, {cached} cached, {len(pending)} computed "
-        f"(load {loaded_at - start:.1f} s, extraction {done - loaded_at:.1f} s)"
+        f"model {ref}: {len(pending) + cached} heatmaps, {cached} cached, {len(pending) - failed} computed"
+        + (f", {failed} failed" if failed else "")
+        + f" (load {loaded_at - start:.1f} s, extraction {done - loaded_at:.1f} s)"
     )
-    _release(ref, settings, eager, loaded)
+    _release(ref, settings, loaded, found.fingerprints[ref])
     del loaded
     gc.collect()
+
+
+_OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory|not enough memory", re.I)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError, the CPU allocator's RuntimeError, or either wrapped in our own error."""
+    return any(
+        isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or _OUT_OF_MEMORY.search(str(e))
+        for e in (exc, exc.__cause__) if e is not None
+    )
+
+
+def _extract(loaded, specs: list[HeatmapSpec], settings: Settings, log) -> tuple[dict, list[HeatmapSpec]]:
+    """A `Heatmap` or an error message per spec, never an exception; and the specs whose whole batch failed
+    (one error shared by several texts), which may succeed on their own."""
+    from .extract import ExtractionError, extract_specs
+
+    try:
+        results: dict = extract_specs(loaded, specs)  # texts batched, one pass per batch
+    except Exception as exc:  # a model that raises outside the guarded forward pass
+        log.debug("extraction failed", exc_info=True)
+        results = dict.fromkeys(specs, exc)
+    texts: dict[int, set[str]] = defaultdict(set)
+    for spec, result in results.items():
+        if isinstance(result, Exception):
+            texts[id(result)].add(spec.text)
+    shared = [spec for spec, result in results.items() if isinstance(result, Exception) and len(texts[id(result)]) > 1]
+    for spec, result in results.items():
+        if not isinstance(result, Exception):
+            continue
+        if _out_of_memory(result):
+            results[spec] = (
+                f"out of memory running this text on device '{settings.device}': shorten the text, lower max_tokens "
+                f"(now {spec.max_tokens}), or choose another device (or device_map: auto) in mkdocs.yml"
+            )
+        elif isinstance(result, ExtractionError):
+            results[spec] = str(result)
+        else:
+            results[spec] = f"extraction failed: {type(result).__name__}: {first_line(result)}"
+    return results, shared

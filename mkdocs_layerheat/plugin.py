@@ -21,6 +21,7 @@ from . import plan
 from .cache import Cache
 from .directives import Block, find_blocks, replace_blocks
 from .render import ASSETS, Renderer
+from .worker import idle_seconds as worker_idle_seconds
 from .spec import HeatmapSpec, SpecError, parse_spec
 
 log = get_plugin_logger("layerheat")
@@ -30,6 +31,8 @@ ASSET_DIR = "assets/layerheat"
 class LayerheatConfig(base.Config):
     models = c.Type(dict, default={})
     """Aliases: name -> local directory, .gguf file or hub id `owner/name[@revision]`."""
+    model_dirs = c.ListOfItems(c.Type(str), default=[])
+    """Folders outside the project (relative to mkdocs.yml) whose models pages may name by path."""
     cache_dir = c.Type(str, default=".cache/layerheat")
     """Where computed heatmaps are kept, relative to mkdocs.yml."""
     device = c.Type(str, default="cpu")
@@ -46,6 +49,9 @@ class LayerheatConfig(base.Config):
     """Recompute every heatmap even when cached (also: environment variable LAYERHEAT_REFRESH=1)."""
     keep_models = c.Type(int, default=1)
     """Under `mkdocs serve`, how many loaded models stay in memory between rebuilds."""
+    warm_worker = c.Type(int, default=0)
+    """Seconds a local worker process keeps the model loaded after computing for a build (0: no worker); a
+    later `mkdocs build` hands it its misses instead of loading the model again (also: LAYERHEAT_WORKER)."""
     templates = c.Optional(c.Dir(exists=True))
     """A folder of Jinja2 templates overriding the plugin's own (`heatmap.html`, `summary.md`, `summary.html`, `error.html`, `placeholder.html`)."""
 
@@ -94,6 +100,7 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
         return plan.Settings(
             aliases={str(k): str(v) for k, v in self.config.models.items()},
             base_dir=project_dir,
+            model_dirs=tuple(project_dir / folder for folder in self.config.model_dirs),
             cache_dir=project_dir / self.config.cache_dir,
             device=self.config.device,
             dtype=self.config.dtype,
@@ -101,6 +108,7 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
             trust_remote_code=tuple(self.config.trust_remote_code),
             refresh=self.config.refresh or os.environ.get("LAYERHEAT_REFRESH", "") not in ("", "0"),
             keep_models=self.config.keep_models if self.serving else 0,
+            warm_worker=worker_idle_seconds(self.config.warm_worker),
         )
 
     def on_files(self, files: Files, config) -> Files:
@@ -110,7 +118,8 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
                              ("layerheat.css", ASSETS / "layerheat.css")):
             files.append(File.generated(config, f"{ASSET_DIR}/{name}", abs_src_path=str(source)))
         blocks = [block for file in files.documentation_pages() for block in find_blocks(file.content_string)]
-        specs = [spec for block in blocks if isinstance(spec := self._parse(block.body, config), HeatmapSpec)]
+        specs = [side for block in blocks if isinstance(spec := self._parse(block.body, config), HeatmapSpec)
+                 for side in spec.sides()]
         self.outcomes = plan.run(specs, self.plan_settings, log)
         store = Cache(self.plan_settings.cache_dir)
         exported = {o.key: o for o in self.outcomes.values() if o.error is None}
@@ -155,36 +164,58 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
             return self._error(f"{page_path}:{block.line + (spec.line or 0)}", str(spec))
         if not self.config.enabled:
             return self.renderer.placeholder(spec)
-        outcome = self.outcomes.get(spec) or plan.run([spec], self.plan_settings, log)[spec]
-        if outcome.error:
-            return self._error(where, outcome.error)
+        outcomes = []
+        for side, which in zip(spec.sides(), ("", "in 'compare': ")):
+            outcome = self.outcomes.get(side) or plan.run([side], self.plan_settings, log)[side]
+            if outcome.error:
+                return self._error(where, which + outcome.error)
+            outcomes.append(outcome)
         cache = Cache(self.plan_settings.cache_dir)
-        data_url = get_relative_url(_data_uri(outcome.key), page.url)
-        key = hashlib.sha256(repr((outcome.key, spec, number, data_url, self.renderer.fingerprint)).encode()).hexdigest()
+        data_urls = [get_relative_url(_data_uri(outcome.key), page.url) for outcome in outcomes]
+        key = repr(([o.key for o in outcomes], spec, number, data_urls, self.renderer.fingerprint))
+        key = hashlib.sha256(key.encode()).hexdigest()
         html = cache.get_rendered(key)
         if html is None:
-            from .analysis import analyze
-            from .render import display_labels
-
-            heatmap = outcome.heatmap
-            if heatmap is None:  # the entry proved unusable when read: report it, compute it again
-                for problem in outcome.cache.problems:
-                    log.warning(problem)
-                outcome.cache.problems.clear()
-                outcome = plan.run([spec], dataclasses.replace(self.plan_settings, refresh=True), log)[spec]
-                if outcome.error:
-                    return self._error(where, outcome.error)
-                heatmap = outcome.heatmap
-            values = heatmap.normalized(spec.normalize)
-            labels = display_labels(heatmap.tokens)
+            heatmaps = []
+            for side, outcome in zip(spec.sides(), outcomes):
+                heatmap = self._heatmap(side, outcome)
+                if isinstance(heatmap, str):
+                    return self._error(where, heatmap)
+                heatmaps.append(heatmap)
             try:
-                findings = analyze(heatmap, values, labels)
-                html = self.renderer.figure(number, heatmap, values, labels, spec, findings, data_url=data_url)
+                html = self._draw(spec, number, heatmaps, data_urls)
             except Exception as exc:  # one figure that cannot be drawn must not take the site down
                 log.debug("rendering failed", exc_info=True)
                 return self._error(where, f"cannot render this heatmap: {type(exc).__name__}: {exc}")
             cache.put_rendered(key, html)
         return html
+
+    def _heatmap(self, spec: HeatmapSpec, outcome: plan.Outcome):
+        """The values of an outcome; an entry found unusable when read is reported and computed again."""
+        if outcome.heatmap is not None:
+            return outcome.heatmap
+        for problem in outcome.cache.problems:
+            log.warning(problem)
+        outcome.cache.problems.clear()
+        outcome = plan.run([spec], dataclasses.replace(self.plan_settings, refresh=True), log)[spec]
+        return outcome.error or outcome.heatmap
+
+    def _draw(self, spec: HeatmapSpec, number: int, heatmaps: list, data_urls: list[str]) -> str:
+        """The figure's HTML: one heatmap, or the two of a `compare:` block on one scale with their difference."""
+        from .analysis import analyze
+        from .compare import difference, shared_scale, side_names
+        from .render import display_labels
+
+        labels = [display_labels(heatmap.tokens, heatmap.token_bytes) for heatmap in heatmaps]
+        if len(heatmaps) == 1:
+            values = heatmaps[0].normalized(spec.normalize)
+            findings = analyze(heatmaps[0], values, labels[0])
+            return self.renderer.figure(number, heatmaps[0], values, labels[0], spec, findings, data_url=data_urls[0])
+        a, b = heatmaps
+        values = shared_scale(a, b, spec.normalize)
+        sides = [(h, v, lab, analyze(h, v, lab), url) for h, v, lab, url in zip(heatmaps, values, labels, data_urls)]
+        diff = difference(a, b, *values)
+        return self.renderer.comparison(number, sides, diff, side_names(*spec.sides()), spec)
 
     def _error(self, where: str, message: str) -> str:
         log.warning(f"{where}: {message}")

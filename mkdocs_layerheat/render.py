@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # numpy is imported only when a figure is drawn: a warm build
     import numpy as np
 
     from .analysis import Findings
+    from .compare import Difference
     from .heatmap import Heatmap
 
 ASSETS = Path(__file__).parent / "assets"
@@ -35,15 +36,94 @@ def template_dir() -> Path:
     raise FileNotFoundError("mkdocs-layerheat templates not found")
 
 
-def display_labels(tokens: list[str]) -> list[str]:
-    """Readable token labels: no leading-space markers; whitespace-only tokens and line breaks made visible."""
+def display_labels(tokens: list[str], token_bytes: list[str | None] | None = None) -> list[str]:
+    """Readable token labels: no leading-space markers; whitespace-only tokens and line breaks made visible.
+
+    A token that holds only part of a multi-byte character (`Heatmap.token_bytes`) shows its bytes:
+    `⟨E2 80⟩` for the first two bytes of "—", `⟨94⟩.` for its last byte followed by a full stop.
+    """
     labels = []
-    for piece in tokens:
+    for position, piece in enumerate(tokens):
+        if token_bytes and token_bytes[position]:
+            piece = bytes_text(bytes.fromhex(token_bytes[position]))
         if not piece.strip():
             labels.append(piece.translate(_VISIBLE_WHITESPACE) or "∅")
         else:
             labels.append(piece.strip().replace("\n", "↵").replace("\t", "⇥"))
     return labels
+
+
+def bytes_text(data: bytes) -> str:
+    """Bytes as text, with each run of bytes that are not a whole UTF-8 character shown in hex: b" \\xe2\\x80" -> " ⟨E2 80⟩"."""
+    out, rest = [], data
+    while rest:
+        try:
+            out.append(rest.decode("utf-8"))
+            break
+        except UnicodeDecodeError as exc:
+            out.append(rest[: exc.start].decode("utf-8"))
+            out.append("⟨" + " ".join(f"{b:02X}" for b in rest[exc.start : exc.end]) + "⟩")
+            rest = rest[exc.end :]
+    return "".join(out).replace("⟩⟨", " ")
+
+
+def _utf8_length(lead: int) -> int:
+    return 1 if lead < 0x80 else 2 if 0xC2 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4 if 0xF0 <= lead < 0xF5 else 0
+
+
+def _starts_char(data: bytes, at: int, bad: int) -> bool:
+    """Whether a whole UTF-8 character starts at `at` (after the first bad byte at `bad`)."""
+    size = _utf8_length(data[at])
+    if at == bad or not size or at + size > len(data):
+        return False
+    try:
+        data[at : at + size].decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def fragment_notes(token_bytes: list[str | None], n_tokens: int) -> list[str]:
+    """For each token that holds part of a multi-byte character, which character and which of its bytes:
+    'bytes 1–2 of "—"'; '' for every other token. A character split over tokens lies in a run of such tokens."""
+    notes = [""] * n_tokens
+    position = 0
+    while position < min(n_tokens, len(token_bytes)):
+        if not token_bytes[position]:
+            position += 1
+            continue
+        run, data, owner = [], b"", []  # the run's tokens, their bytes joined, and the token of each byte
+        while position < len(token_bytes) and token_bytes[position]:
+            chunk = bytes.fromhex(token_bytes[position])
+            run.append(position)
+            data += chunk
+            owner += [position] * len(chunk)
+            position += 1
+        found: dict[int, list[str]] = {k: [] for k in run}
+        at = 0
+        while at < len(data):
+            size = _utf8_length(data[at])
+            try:
+                char = data[at : at + size].decode("utf-8") if size and at + size <= len(data) else None
+            except UnicodeDecodeError:
+                char = None
+            if char is None:  # bytes that complete no character (a text cut in the middle of one)
+                bad = at
+                while at < len(data) and owner[at] == owner[bad] and not _starts_char(data, at, bad):
+                    at += 1
+                which = "byte" if at - bad == 1 else "bytes"
+                found[owner[bad]].append(f"{which} {' '.join(f'{b:02X}' for b in data[bad:at])} of an incomplete character")
+                continue
+            holders = owner[at : at + size]
+            if len(set(holders)) > 1:  # split over tokens: say which bytes each token holds
+                for k in dict.fromkeys(holders):
+                    first, last = holders.index(k) + 1, size - holders[::-1].index(k)
+                    span = f"byte {first}" if first == last else f"bytes {first}–{last}"
+                    found[k].append(f'{span} of "{char}"')
+            at += size
+        for k in run:
+            notes[k] = "; ".join(found[k])
+    return notes
 
 
 def _number(value: float) -> str:
@@ -71,7 +151,7 @@ def _palette(name: str) -> tuple[str, ...]:
     if name == "viridis":
         return Viridis256
     if name == "diverging":
-        return interp_palette(RdBu11[::-1], 256)  # blue (negative) through white to red (positive)
+        return interp_palette(RdBu11, 256)  # blue (negative) through white to red (positive)
     return interp_palette(YlOrBr9[::-1], 256)  # light yellow (low) to dark brown (high)
 
 
@@ -80,51 +160,64 @@ def _palette(name: str) -> tuple[str, ...]:
 _HOVER_CELL = """
 const n = labels.length, i = Math.max(0, Math.min(n - 1, Math.round(special_vars.x)));
 const j = Math.max(0, Math.min(layers.length - 1, Math.round(special_vars.y)));
-if (format === "token") return labels[i] + " (position " + i + (kinds[i] === "text" ? "" : ", " + kinds[i]) + ")";
+if (format === "token") return labels[i] + " (position " + i + (kinds[i] === "text" ? "" : ", " + kinds[i]) +
+                               (notes[i] ? ", " + notes[i] : "") + ")";
 if (format === "layer") return String(layers[j]);
 const v = raw[j * n + i];
 return Number.isNaN(v) ? "n/a" : v.toFixed(3);
 """
 
 
-def figure_item(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: str,
-                palette: str = "yellow-brown", layer_label: str = "Layer") -> dict:
-    """The Bokeh figure as a `json_item`, to embed with `Bokeh.embed.embed_item`.
+def _label(metric: str) -> str:
+    """A metric's short name for colour bars and tooltips."""
+    return METRICS[metric].label if metric in METRICS else metric
 
-    The matrix is one image glyph: its values (and the raw values for the tooltip) travel as
-    base64 float32 arrays, a few bytes per cell, instead of a JSON object per cell.
-    """
+
+def _scale(values: np.ndarray, normalize: str, palette: str) -> tuple[float, float]:
+    """The colour scale: 0-1 for normalised values, else their range (symmetric around 0 when diverging)."""
     import numpy as np
-    from bokeh.embed import json_item
+
+    if normalize != "none":
+        return 0.0, 1.0
+    low, high = float(np.nanmin(values)), float(np.nanmax(values))
+    if palette == "diverging":  # white is zero: a symmetric range around it
+        low, high = -max(abs(low), abs(high)), max(abs(low), abs(high))
+    return low, high
+
+
+def _panel(heatmap: Heatmap, values: np.ndarray, labels: list[str], scale: tuple[float, float], palette: str,
+           layer_label: str, show_raw: bool, title: str | None = None, x_range=None):
+    """One heatmap as a Bokeh figure: an image glyph whose values (and the raw values for the tooltip)
+    travel as base64 float32 arrays, a few bytes per cell, instead of a JSON object per cell."""
+    import numpy as np
     from bokeh.models import (
         BasicTicker, ColorBar, CustomJSHover, FixedTicker, HoverTool, LinearColorMapper, PrintfTickFormatter,
     )
     from bokeh.plotting import figure
 
     n_layers, n_tokens = values.shape
-    low, high = (0.0, 1.0) if normalize != "none" else (float(np.nanmin(values)), float(np.nanmax(values)))
-    if palette == "diverging" and normalize == "none":  # white is zero: a symmetric range around it
-        low, high = -max(abs(low), abs(high)), max(abs(low), abs(high))
-    mapper = LinearColorMapper(palette=_palette(palette), low=low, high=high, nan_color="#d9d9d9")
+    mapper = LinearColorMapper(palette=_palette(palette), low=scale[0], high=scale[1], nan_color="#d9d9d9")
     fig = figure(
-        x_range=(-0.5, n_tokens - 0.5),
+        x_range=x_range or (-0.5, n_tokens - 0.5),
         y_range=(-0.5, n_layers - 0.5),  # row i of the matrix sits at y = i, labelled with its layer
         height=figure_height(n_layers),
         sizing_mode="stretch_width",
         min_width=max(320, 12 * n_tokens + 160),  # long texts scroll sideways rather than squash
         tools="pan,xwheel_zoom,box_zoom,reset,save",
         toolbar_location="above",
+        title=title,
     )
     image = fig.image(image=[values.astype(np.float32)], x=-0.5, y=-0.5, dw=n_tokens, dh=n_layers, color_mapper=mapper)
-    metric = METRICS[heatmap.metric].label if heatmap.metric in METRICS else heatmap.metric
+    metric = _label(heatmap.metric)
     kinds = heatmap.kinds
     cell = CustomJSHover(
         args={"labels": labels, "kinds": kinds, "layers": [str(layer) for layer in heatmap.layers],
+              "notes": fragment_notes(heatmap.token_bytes, n_tokens),
               "raw": heatmap.values.astype(np.float32).ravel()},
         code=_HOVER_CELL,
     )
     tooltips = [("token", "$x{token}"), ("layer", "$y{layer}"), (metric, "@image{0.000}")]
-    if normalize != "none":
+    if show_raw:
         tooltips.append(("raw value", "$x{raw}"))
     fig.add_tools(HoverTool(renderers=[image], tooltips=tooltips, formatters={"$x": cell, "$y": cell}))
     fig.xaxis.ticker = FixedTicker(ticks=list(range(n_tokens)))
@@ -139,10 +232,46 @@ def figure_item(heatmap: Heatmap, values: np.ndarray, labels: list[str], normali
     fig.axis.axis_line_color = None
     fig.outline_line_color = None
     bar = ColorBar(color_mapper=mapper, width=12, title=metric, ticker=BasicTicker())
-    if normalize != "none":
+    if scale == (0.0, 1.0):
         bar.ticker, bar.formatter = FixedTicker(ticks=[i / 5 for i in range(6)]), PrintfTickFormatter(format="%.1f")
     fig.add_layout(bar, "right")
-    return json_item(fig)
+    return fig
+
+
+def figure_item(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: str,
+                palette: str = "yellow-brown", layer_label: str = "Layer") -> dict:
+    """The Bokeh figure as a `json_item`, to embed with `Bokeh.embed.embed_item`."""
+    from bokeh.embed import json_item
+
+    scale = _scale(values, normalize, palette)
+    return json_item(_panel(heatmap, values, labels, scale, palette, layer_label, normalize != "none"))
+
+
+def compare_item(sides: list[tuple[Heatmap, np.ndarray, list[str]]], titles: list[str],
+                 delta: tuple[Heatmap, np.ndarray, list[str]] | None, normalize: str,
+                 palette: str = "yellow-brown", layer_label: str = "Layer") -> dict:
+    """Panels (a) and (b) on one colour scale, then (c) their difference on a diverging scale, as one `json_item`.
+
+    Panels of the same length pan and zoom together.
+    """
+    import numpy as np
+    from bokeh.embed import json_item
+    from bokeh.layouts import column
+
+    both = np.concatenate([values.ravel() for _, values, _ in sides])
+    scale = _scale(both, normalize, palette)
+    same_length = len(sides[0][0].tokens) == len(sides[1][0].tokens)
+    panels = []
+    for (heatmap, values, labels), title in zip(sides, titles):
+        x_range = panels[0].x_range if panels and same_length else None
+        panels.append(_panel(heatmap, values, labels, scale, palette, layer_label, normalize != "none", title, x_range))
+    if delta is not None:
+        heatmap, values, labels = delta
+        span = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 0.0
+        span = span if span > 0 else 1.0  # identical: an all-white panel on a nominal scale
+        panels.append(_panel(heatmap, values, labels, (-span, span), "diverging", layer_label, normalize != "none",
+                             titles[2], panels[0].x_range))
+    return json_item(column(panels, sizing_mode="stretch_width"))
 
 
 _BOKEH_ID = re.compile(r'"(id|root_id)":\s*"(p\d+)"')
@@ -154,6 +283,12 @@ def _stable_ids(payload: str) -> str:
     return _BOKEH_ID.sub(lambda m: f'"{m[1]}":"{ids.setdefault(m[2], f"p{len(ids) + 1}")}"', payload)
 
 
+def _payload(item: dict) -> str:
+    """A `json_item` as the text of a <script> element: stable ids, and "</" and friends escaped so it cannot end early."""
+    payload = _stable_ids(json.dumps(item, separators=(",", ":")))
+    return payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def data_csv(heatmap: Heatmap) -> str:
     """The raw matrix in long form, one row per cell: position, token, layer, value (empty where undefined)."""
     out = io.StringIO()
@@ -161,6 +296,8 @@ def data_csv(heatmap: Heatmap) -> str:
     writer.writerow(["position", "token", "layer", heatmap.metric])
     for row, layer in enumerate(heatmap.layers):
         for position, token in enumerate(heatmap.tokens):
+            if heatmap.token_bytes and heatmap.token_bytes[position]:  # part of a character: its bytes, ⟨E2 80⟩
+                token = bytes_text(bytes.fromhex(heatmap.token_bytes[position]))
             value = heatmap.values[row, position]
             writer.writerow([position, token, layer, "" if value != value else f"{value:.7g}"])
     return out.getvalue()
@@ -196,11 +333,12 @@ class Renderer:
             self._narrative = Narrative(self.env.loader)
         return self._narrative
 
-    def summary(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool = True) -> str:
+    def summary(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool = True,
+                shared: bool = False) -> str:
         """The written summary as HTML: the Markdown of `summary.md`, converted, inside `summary.html`."""
         from .narrative import markdown_to_html
 
-        text = self.narrative.markdown(heatmap, findings, normalize, raw_known)
+        text = self.narrative.markdown(heatmap, findings, normalize, raw_known, shared)
         metric = METRICS.get(heatmap.metric)
         return self.env.get_template("summary.html").render(
             body=markdown_to_html(text), markdown=text, heatmap=heatmap, findings=findings, normalize=normalize,
@@ -212,9 +350,6 @@ class Renderer:
         """A numbered, linkable figure: the Bokeh payload, caption, metric definition, data links, summary."""
         item = figure_item(heatmap, values, labels, spec.normalize, spec.palette, spec.layer_label)
         metric = METRICS.get(heatmap.metric)
-        payload = _stable_ids(json.dumps(item, separators=(",", ":")))
-        # inside <script>, "</" would end the element early: escape the characters HTML cares about
-        payload = payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
         return self.env.get_template("heatmap.html").render(
             number=number,
             target_id=f"layerheat-{number}",
@@ -222,9 +357,38 @@ class Renderer:
             model=heatmap.model,
             definition=metric.definition if metric else heatmap.metric,
             data_url=data_url,
-            payload=payload,
+            payload=_payload(item),
             height=figure_height(len(heatmap.layers)),
             summary=self.summary(heatmap, findings, spec.normalize),
+        )
+
+    def comparison(self, number: int, sides: list[tuple[Heatmap, np.ndarray, list[str], Findings, str | None]],
+                   diff: Difference, names: tuple[str, str], spec) -> str:
+        """A `compare:` figure: panels (a) and (b) on one scale, (c) their difference, and what differs."""
+        from .heatmap import Heatmap
+        from .narrative import markdown_to_html
+
+        (a, va, labels_a, _, _), (b, vb, labels_b, _, _) = sides
+        titles = [f"(a) {names[0]}", f"(b) {names[1]}", "(c) difference, b − a"]
+        delta = None
+        if diff.values is not None:
+            raw = Heatmap(b.values - a.values, b.tokens, b.layers, f"Δ {_label(a.metric)}", b.model, kinds=b.kinds)
+            delta = (raw, diff.values, [x if x == y else f"{x}→{y}" for x, y in zip(labels_a, labels_b)])
+        item = compare_item([(a, va, labels_a), (b, vb, labels_b)], titles, delta, spec.normalize, spec.palette,
+                            spec.layer_label)
+        metric = METRICS.get(a.metric)
+        text = self.narrative.comparison(a, b, diff, (labels_a, labels_b), names, spec.normalize)
+        return self.env.get_template("compare.html").render(
+            number=number,
+            target_id=f"layerheat-{number}",
+            spec=spec,
+            sides=[{"title": title, "model": h.model, "data_url": url} for title, (h, _, _, _, url) in zip(titles, sides)],
+            difference=delta is not None,
+            definition=metric.definition if metric else a.metric,
+            payload=_payload(item),
+            height=sum(figure_height(len(h.layers)) for h, *_ in sides) + (figure_height(len(b.layers)) if delta else 0),
+            summary=self.env.get_template("summary.html").render(body=markdown_to_html(text), markdown=text),
+            side_summaries=[self.summary(h, findings, spec.normalize, shared=True) for h, _, _, findings, _ in sides],
         )
 
     def placeholder(self, spec) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,13 @@ class HeatmapSpec:
     embeddings: bool = False
     chat: bool = False
     generate: int = 0
+    compare: HeatmapSpec | None = None  # the second heatmap of a side-by-side block (another model or text)
+
+    def sides(self) -> tuple[HeatmapSpec, ...]:
+        """The heatmaps this block needs: itself, and the one it is compared with."""
+        if self.compare is None:
+            return (self,)
+        return (dataclasses.replace(self, compare=None), self.compare)
 
     def request(self) -> MetricRequest:
         """The metric and its options, as extraction takes them."""
@@ -61,8 +70,9 @@ class HeatmapSpec:
 
 _KEYS = (
     "model", "text", "text_file", "metric", "normalize", "title", "caption", "palette", "layer_label", "max_tokens",
-    "query", "target", "heads", "aggregate", "layers", "embeddings", "chat", "generate",
+    "query", "target", "heads", "aggregate", "layers", "embeddings", "chat", "generate", "compare",
 )
+_COMPARE_KEYS = ("model", "text", "text_file")  # what the second heatmap of a `compare:` block may change
 # light yellow to dark brown; two colour-blind-safe sequential maps; blue-white-red for signed values
 PALETTES = ("yellow-brown", "cividis", "viridis", "diverging")
 _SITE_KEYS = ("device", "dtype", "device_map", "trust_remote_code")  # mkdocs.yml only, never a page
@@ -76,6 +86,16 @@ def _did_you_mean(word: str, choices) -> str:
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: the same results, faster
 
 
+_YAML_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
+_MARKDOWN_BREAK = re.compile("\r\n|[\r\n]")
+
+
+def _line(body: str, mark: Any) -> int:
+    """The 1-based body line of a YAML mark, as Markdown counts lines (YAML also breaks at U+0085, U+2028, U+2029)."""
+    starts = [0] + [m.end() for m in _YAML_BREAK.finditer(body)]
+    return len(_MARKDOWN_BREAK.findall(body, 0, starts[min(mark.line, len(starts) - 1)])) + 1
+
+
 def _key_lines(body: str) -> dict[str, int]:
     """1-based line of each top-level key, for messages that point at the offending key; rejects duplicates."""
     node = yaml.compose(body, Loader=_LOADER)
@@ -85,8 +105,8 @@ def _key_lines(body: str) -> dict[str, int]:
     for key, _ in node.value:
         if isinstance(key, yaml.ScalarNode):
             if key.value in lines:
-                raise SpecError(f"duplicate key '{key.value}'", key.start_mark.line + 1)
-            lines[key.value] = key.start_mark.line + 1
+                raise SpecError(f"duplicate key '{key.value}'", _line(body, key.start_mark))
+            lines[key.value] = _line(body, key.start_mark)
     return lines
 
 
@@ -95,20 +115,54 @@ def parse_spec(body: str, docs_dir: str | Path | None = None) -> HeatmapSpec:
     try:
         data = yaml.load(body, Loader=_LOADER)
         lines = _key_lines(body)
-    except yaml.YAMLError as exc:
+    except RecursionError:
+        raise SpecError("invalid YAML: nested too deeply") from None
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: PyYAML's own, for an escape past U+10FFFF
         if _LOADER is not yaml.SafeLoader:  # the pure-Python parser's error marks are the precise ones
             try:
                 yaml.load(body, Loader=yaml.SafeLoader)
             except yaml.YAMLError as precise:
                 exc = precise
+            except (ValueError, RecursionError):
+                pass
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"invalid YAML: {problem}", mark.line + 1 if mark else None) from None
+        raise SpecError(f"invalid YAML: {problem}", _line(body, mark) if mark else None) from None
     if data is None:
         raise SpecError("empty layerheat block: it needs at least 'model' and 'text'")
     if not isinstance(data, dict):
         raise SpecError(f"the block must be a YAML mapping of keys, not a {type(data).__name__}")
+    spec = _from_data(data, lines, docs_dir)
+    if "compare" not in data:
+        return spec
+    return dataclasses.replace(spec, compare=_compared(data, spec, lines.get("compare"), docs_dir))
 
+
+def _compared(data: dict, spec: HeatmapSpec, line: int | None, docs_dir: str | Path | None) -> HeatmapSpec:
+    """The second heatmap of a `compare:` block: the block's own keys, with another model and/or text."""
+    other = data["compare"]
+    if not isinstance(other, dict) or not other:
+        raise SpecError("'compare' must be a mapping with another 'model' and/or 'text' (or 'text_file')", line)
+    for key in other:
+        if key not in _COMPARE_KEYS:
+            raise SpecError(
+                f"'compare' cannot set '{key}'{_did_you_mean(key, _COMPARE_KEYS)}: it may change only "
+                f"{', '.join(_COMPARE_KEYS)} (both heatmaps share the rest)", line,
+            )
+    shared = {k: v for k, v in data.items() if k != "compare"}
+    if {"text", "text_file"} & set(other):  # a new text replaces the block's, whichever way each is given
+        shared.pop("text", None), shared.pop("text_file", None)
+    try:
+        second = _from_data({**shared, **other}, {}, docs_dir)
+    except SpecError as exc:
+        raise SpecError(f"in 'compare': {exc}", line) from None
+    if (second.model, second.text) == (spec.model, spec.text):
+        raise SpecError("'compare' names the same model and text as the block: change the model or the text", line)
+    return second
+
+
+def _from_data(data: dict, lines: dict[str, int], docs_dir: str | Path | None) -> HeatmapSpec:
+    """A spec from a block's YAML mapping (`lines`: the line of each key, for messages)."""
     for key in data:
         if key in _SITE_KEYS:
             raise SpecError(
@@ -253,6 +307,8 @@ def _numbers(value: Any, key: str, line: int | None, minimum: int) -> tuple[int,
                 raise SpecError(f"'{key}': {part!r} is not a number or a range (must be {what})", line) from None
             if b < a:
                 raise SpecError(f"'{key}': the range {part!r} is empty (write the smaller number first)", line)
+            if b - a >= 10_000:  # no model has that many; and a page must not make the build allocate without bound
+                raise SpecError(f"'{key}': the range {part!r} is too long", line)
             numbers.extend(range(a, b + 1))
     if not numbers:
         raise SpecError(f"'{key}' is empty: leave it out to use all {key}", line)
@@ -267,7 +323,10 @@ def _read_text_file(name: str, docs_dir: str | Path | None, line: int | None) ->
     if docs_dir is None:
         raise SpecError("'text_file' needs a docs directory to resolve against", line)
     root = Path(docs_dir).resolve()
-    path = (root / name).resolve()
+    try:
+        path = (root / name).resolve()
+    except (OSError, ValueError):  # a NUL character, a loop of symlinks
+        raise SpecError(f"'text_file' {name!r} is not a usable file name", line) from None
     if not path.is_relative_to(root):
         raise SpecError(f"'text_file' {name!r} is outside docs_dir", line)
     try:

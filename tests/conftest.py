@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 from hypothesis.configuration import set_hypothesis_home_dir
+from samples import CHAT_TEMPLATE, MORE_ARCHS
 
 # Nothing written into the working tree: no example database, and hypothesis's other files in a temp dir.
 _HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="layerheat-hypothesis-")
@@ -41,15 +42,6 @@ CORPUS = [
     "Markdown pages contain fenced code blocks with a layerheat body.",
 ] * 4
 
-# Ordinary ASCII text: every token decodes to the exact piece of text it stands for.
-SAMPLE_TEXT = "The lazy fox looks back at the quick dog, and the model counts 13 tokens."
-
-# A chat template for the tiny Llama (the others have none): a fixed system turn, then the messages.
-CHAT_TEMPLATE = (
-    "<s>[system] Be brief.</s>"
-    "{% for m in messages %}<s>[{{ m['role'] }}] {{ m['content'] }}</s>{% endfor %}"
-    "{% if add_generation_prompt %}<s>[assistant]{% endif %}"
-)
 
 # A large initializer range makes attention peaked and heads different from each other,
 # so that averaging over the wrong axis or the wrong queries changes the numbers visibly.
@@ -286,7 +278,6 @@ def reference_model(tiny_model, reference_models):
     return reference_models[tiny_model.arch]
 
 
-MORE_ARCHS = ("neox", "qwen2", "gemma2")
 
 
 def _build_more(arch: str, root: Path, llama: TinyModel) -> TinyModel:
@@ -333,3 +324,9 @@ def _build_more(arch: str, root: Path, llama: TinyModel) -> TinyModel:
 def more_models(tmp_path_factory, tiny_models) -> dict[str, TinyModel]:
     root = tmp_path_factory.mktemp("more-models")
     return {arch: _build_more(arch, root, tiny_models["llama"]) for arch in MORE_ARCHS}
+
+
+@pytest.fixture(autouse=True)
+def _no_warm_worker(monkeypatch):
+    """A developer's LAYERHEAT_WORKER must not make tests hand their work to a worker process (test_worker.py asks)."""
+    monkeypatch.delenv("LAYERHEAT_WORKER", raising=False)

@@ -148,3 +148,17 @@ def test_entry_from_another_version_is_detected_when_read_and_recomputed(site):
     assert build.returncode == 0 and build.stderr.count("is unusable") == 1, build.stderr
     assert (site / "site" / "index.html").read_text().count('class="layerheat-item"') == 2
     assert "2 heatmaps, 2 cached, 0 computed" in mkdocs(site).stderr
+
+
+def test_an_entry_does_not_depend_on_the_blocks_computed_with_it(tmp_path, llama_model):
+    """A value is a function of its text, model and options: computed alone, in one build with other
+    texts and attention metrics, or with those in another order, its bytes are the same."""
+    texts = ["The quick dog looks back.", "A lazy fox sleeps all day long in the sun.", "Tokens are counted."]
+    target = parse_spec(f"model: tiny\ntext: '{texts[0]}'\nmetric: mlp-norm\n")
+    others = [parse_spec(f"model: tiny\ntext: '{t}'\nmetric: {m}\n") for t in texts for m in ("attention", "hidden-norm")]
+    runs = {"alone": [target], "with others": others + [target], "reversed": [target] + others[::-1]}
+    values = {}
+    for name, specs in runs.items():
+        settings = plan.Settings(aliases={"tiny": str(llama_model.path)}, base_dir=tmp_path, cache_dir=tmp_path / name)
+        values[name] = plan.run(specs, settings)[target].heatmap.values
+    assert values["alone"].tobytes() == values["with others"].tobytes() == values["reversed"].tobytes()

@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import MORE_ARCHS, SAMPLE_TEXT
+from samples import MORE_ARCHS, SAMPLE_TEXT
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mkdocs_layerheat import models
@@ -755,8 +755,6 @@ def test_eager_attention_path_matches_reference(llama_model, reference_models):
 
 
 def test_chat_wraps_the_text_and_marks_the_template(llama_model, loaded_models, reference_models):
-    from conftest import CHAT_TEMPLATE  # noqa: F401  (the template the tiny Llama's tokenizer carries)
-
     loaded = loaded_models["llama"]
     prompt = f"<s>[system] Be brief.</s><s>[user] {SAMPLE_TEXT}</s><s>[assistant]"
     ids = llama_model.raw_tokenizer.encode(prompt, add_special_tokens=False).ids

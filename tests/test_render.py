@@ -66,4 +66,7 @@ def test_palettes_and_a_symmetric_range_for_signed_values():
     assert mappers["yellow-brown"]["palette"][0].lower() == "#ffffe5"  # light yellow at the bottom
     assert mappers["cividis"]["palette"][0] != mappers["viridis"]["palette"][0]
     assert (mappers["diverging"]["low"], mappers["diverging"]["high"]) == (-0.5, 0.5)
+    rgb = [tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in mappers["diverging"]["palette"]]
+    assert rgb[0][2] > rgb[0][0] and rgb[-1][0] > rgb[-1][2]  # blue for negative values, red for positive
+    assert min(rgb[127]) > 230  # near white around zero
     assert (mappers["viridis"]["low"], mappers["viridis"]["high"]) == (-0.5, 0.25)

@@ -5,26 +5,19 @@ Screenshots of every page go to tests/artifacts/ (git-ignored) for a person to l
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 import subprocess
 import sys
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browserkit import ARTIFACTS, CHROMIUM, ROOT, plot_pixels, serve, tooltip, wait_for_figures
 
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "tests" / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--headless", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--disable-gpu", "--no-first-run"]
 PAGES = ["", "getting-started/", "reference/", "metrics/", "analysis/", "caching/", "examples/arithmetic/",
-         "examples/long-text/", "troubleshooting/"]
+         "examples/long-text/", "examples/compare/", "troubleshooting/"]
 
 
 @pytest.fixture(scope="module")
@@ -36,54 +29,8 @@ def site(tmp_path_factory) -> str:
     build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "-q", "-d", str(out)], cwd=ROOT,
                            capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert build.returncode == 0, build.stderr
-    handler = functools.partial(type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None}),
-                                directory=str(out))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/", out
-    server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser):
-    """A page that records console errors and failed or off-site requests."""
-    context = browser.new_context(viewport={"width": 1300, "height": 1000})
-    tab = context.new_page()
-    tab.problems = []
-    tab.on("console", lambda m: tab.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-    tab.on("pageerror", lambda e: tab.problems.append(f"page error: {e}"))
-    tab.on("requestfailed", lambda r: tab.problems.append(f"failed request: {r.url}"))
-    tab.on("request", lambda r: None if r.url.startswith(("http://127.0.0.1", "data:", "blob:"))
-           else tab.problems.append(f"off-site request: {r.url}"))
-    yield tab
-    context.close()
-
-
-def wait_for_figures(tab, count: int | None = None) -> int:
-    tab.wait_for_load_state("networkidle")
-    expected = count if count is not None else tab.locator("script.layerheat-item").count()
-    for i in range(expected):  # Playwright's locators see into the shadow DOM where BokehJS draws
-        tab.locator(".layerheat-plot").nth(i).locator("canvas").first.wait_for()
-    tab.wait_for_timeout(300)
-    return expected
-
-
-def plot_pixels(tab, index: int = 0) -> np.ndarray:
-    from PIL import Image
-    import io
-
-    png = tab.locator(".layerheat-plot").nth(index).screenshot()
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    with serve(out) as url:
+        yield url, out
 
 
 @pytest.mark.parametrize("path", PAGES)
@@ -108,12 +55,7 @@ def test_hover_shows_the_cell_under_the_pointer(site, page):
     plot = page.locator(".layerheat-plot").first
     box = plot.bounding_box()
     page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.5)
-    tooltip = page.wait_for_function(
-        """() => { const out = []; const walk = n => { if (n.shadowRoot) walk(n.shadowRoot);
-            for (const c of n.children || []) walk(c);
-            if (n.classList && n.classList.contains('bk-tooltip-content')) out.push(n.innerText); };
-          walk(document.body); return out.length ? out[0] : null; }""").json_value()
-    fields = dict(line.split(":\t", 1) for line in tooltip.splitlines())
+    fields = tooltip(page)
     position = int(re.search(r"\(position (\d+)", fields["token"]).group(1))
     layer = int(fields["layer"])
     # the value shown is the matrix's, read back from the figure's own data download

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,12 +19,14 @@ ENV = {"PATH": "/usr/bin:/bin", "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1
        "SOURCE_DATE_EPOCH": "1700000000"}  # MkDocs stamps each page with the build date otherwise
 
 
-def make_site(root: Path, pages: dict[str, str], models: dict[str, str]) -> Path:
+def make_site(root: Path, pages: dict[str, str], models: dict[str, str], **options) -> Path:
+    """A site whose mkdocs.yml has these model aliases and other plugin `options` (JSON-able values)."""
     (root / "docs").mkdir(parents=True, exist_ok=True)
     for name, text in pages.items():
         (root / "docs" / name).write_text(text)
     aliases = ", ".join(f"{k}: '{v}'" for k, v in models.items())
-    (root / "mkdocs.yml").write_text(f"site_name: t\nplugins:\n  - layerheat:\n      models: {{{aliases}}}\n")
+    more = "".join(f"      {key}: {json.dumps(value)}\n" for key, value in options.items())
+    (root / "mkdocs.yml").write_text(f"site_name: t\nplugins:\n  - layerheat:\n      models: {{{aliases}}}\n{more}")
     return root
 
 
