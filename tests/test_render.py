@@ -70,3 +70,19 @@ def test_palettes_and_a_symmetric_range_for_signed_values():
     assert rgb[0][2] > rgb[0][0] and rgb[-1][0] > rgb[-1][2]  # blue for negative values, red for positive
     assert min(rgb[127]) > 230  # near white around zero
     assert (mappers["viridis"]["low"], mappers["viridis"]["high"]) == (-0.5, 0.25)
+
+
+def test_layer_ticks_stay_legible_from_6_to_80_layers():
+    from mkdocs_layerheat.render import figure_height
+
+    for n_layers in (6, 12, 30, 35, 80):
+        heatmap = Heatmap(np.zeros((n_layers, 3)), ["a", "b", "c"], list(range(1, n_layers + 1)), "attention", "m")
+        item = figure_item(heatmap, heatmap.values, ["a", "b", "c"], "global")
+        axis = next(a for a in walk(item["doc"], "LinearAxis") if a["attributes"].get("axis_label") == "Layer")
+        ticks = next(walk(axis, "FixedTicker"))["attributes"]["ticks"]
+        overrides = axis["attributes"]["major_label_overrides"]
+        labels = dict(overrides["entries"]) if isinstance(overrides, dict) and "entries" in overrides else overrides
+        assert ticks[0] == 0 and labels[0] == "1"  # layer 1 at the bottom, always labelled
+        assert len(ticks) == n_layers if n_layers <= 20 else len(ticks) <= 20
+        plot_height = figure_height(n_layers) - 160  # the frame, without title, toolbar and token labels
+        assert plot_height / n_layers * (ticks[1] - ticks[0]) >= 14  # at least 14 px between labels
