@@ -241,10 +241,8 @@ def _panel(heatmap: Heatmap, values: np.ndarray, labels: list[str], scale: tuple
 def figure_item(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: str,
                 palette: str = "yellow-brown", layer_label: str = "Layer") -> dict:
     """The Bokeh figure as a `json_item`, to embed with `Bokeh.embed.embed_item`."""
-    from bokeh.embed import json_item
-
     scale = _scale(values, normalize, palette)
-    return json_item(_panel(heatmap, values, labels, scale, palette, layer_label, normalize != "none"))
+    return _json_item(_panel(heatmap, values, labels, scale, palette, layer_label, normalize != "none"))
 
 
 def compare_item(sides: list[tuple[Heatmap, np.ndarray, list[str]]], titles: list[str],
@@ -255,7 +253,6 @@ def compare_item(sides: list[tuple[Heatmap, np.ndarray, list[str]]], titles: lis
     Panels of the same length pan and zoom together.
     """
     import numpy as np
-    from bokeh.embed import json_item
     from bokeh.layouts import column
 
     both = np.concatenate([values.ravel() for _, values, _ in sides])
@@ -271,7 +268,20 @@ def compare_item(sides: list[tuple[Heatmap, np.ndarray, list[str]]], titles: lis
         span = span if span > 0 else 1.0  # identical: an all-white panel on a nominal scale
         panels.append(_panel(heatmap, values, labels, (-span, span), "diverging", layer_label, normalize != "none",
                              titles[2], panels[0].x_range))
-    return json_item(column(panels, sizing_mode="stretch_width"))
+    return _json_item(column(panels, sizing_mode="stretch_width"))
+
+
+def _json_item(model) -> dict:
+    """`bokeh.embed.json_item`, without Bokeh's document validation (a quarter of the time; the test suite
+    checks our figures instead)."""
+    from bokeh.embed import json_item
+    from bokeh.settings import settings
+
+    settings.perform_document_validation.set_value(False)
+    try:
+        return json_item(model)
+    finally:
+        settings.perform_document_validation.unset_value()
 
 
 _BOKEH_ID = re.compile(r'"(id|root_id)":\s*"(p\d+)"')

@@ -86,3 +86,20 @@ def test_layer_ticks_stay_legible_from_6_to_80_layers():
         assert len(ticks) == n_layers if n_layers <= 20 else len(ticks) <= 20
         plot_height = figure_height(n_layers) - 160  # the frame, without title, toolbar and token labels
         assert plot_height / n_layers * (ticks[1] - ticks[0]) >= 14  # at least 14 px between labels
+
+
+def test_figures_pass_bokehs_document_validation():
+    """Rendering skips Bokeh's validation for speed: the figures it draws must pass it."""
+    from bokeh.core.validation.check import check_integrity
+    from bokeh.layouts import column
+    from bokeh.model import collect_models
+
+    from mkdocs_layerheat.render import _panel
+
+    heatmap = make([[0.1, 0.2], [0.3, np.nan]], ["a", "b"], ["text", "generated"])
+    single = _panel(heatmap, heatmap.values, ["a", "b"], (0.0, 1.0), "cividis", "Layer", True)
+    panels = [_panel(heatmap, heatmap.values, ["a", "b"], (-1.0, 1.0), "diverging", "Layer", False, f"({p})")
+              for p in "abc"]
+    for model in (single, column(panels)):
+        issues = check_integrity(collect_models(model))
+        assert not issues.error and not issues.warning, issues
