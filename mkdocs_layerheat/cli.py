@@ -186,6 +186,30 @@ def prune(config_file: Path) -> None:
                + (f"; removed {swept} temporary files left by killed builds" if swept else ""))
 
 
+@main.group()
+def worker() -> None:
+    """The warm worker of a site's cache (plugin option `warm_worker`)."""
+
+
+@worker.command()
+@_config_option
+def status(config_file: Path) -> None:
+    """Whether a worker is running for the site's cache, and its process id."""
+    from . import worker as warm
+
+    pid = warm.running(_cache_dir(config_file))
+    click.echo(f"worker running, process {pid}" if pid else "no worker running")
+
+
+@worker.command()
+@_config_option
+def stop(config_file: Path) -> None:
+    """Stop the site's worker now (it also stops by itself after its idle time)."""
+    from . import worker as warm
+
+    click.echo("worker stopped" if warm.stop(_cache_dir(config_file)) else "no worker running")
+
+
 @cache.command()
 @_config_option
 @click.confirmation_option(prompt="Remove every cached heatmap?")

@@ -118,6 +118,13 @@ def test_edit_then_build_uses_the_warm_worker_and_never_imports_torch(tmp_path, 
     assert "(load 0.0 s" in second.stderr  # the worker's log line: the model was still loaded
     assert worker.running(site / ".cache" / "layerheat") == pid
     assert (site / "site" / "index.html").read_text().count('class="layerheat-item"') == 2
+    layerheat = [str(Path(sys.executable).parent / "layerheat"), "worker"]
+    status = subprocess.run(layerheat + ["status"], capture_output=True, text=True, cwd=site, env=env)
+    assert status.stdout.strip() == f"worker running, process {pid}", status.stderr
+    stopped = subprocess.run(layerheat + ["stop"], capture_output=True, text=True, cwd=site, env=env)
+    assert stopped.stdout.strip() == "worker stopped" and gone(pid), stopped.stderr
+    status = subprocess.run(layerheat + ["status"], capture_output=True, text=True, cwd=site, env=env)
+    assert status.stdout.strip() == "no worker running"
 
 
 def test_a_worker_running_other_code_is_replaced_and_never_used(tmp_path, llama_model, workers, monkeypatch):
