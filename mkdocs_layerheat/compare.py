@@ -8,11 +8,11 @@ of texts, or two models sharing a tokenizer). Otherwise only the layer profiles 
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .analysis import _quiet
 from .heatmap import Heatmap, normalize
 
 BAND_SHARE = 0.5  # the layers where the difference concentrates: mean |Δ| at least half of the largest
@@ -50,12 +50,6 @@ class Difference:
     @property
     def identical(self) -> bool:
         return self.values is not None and self.largest <= IDENTICAL * self.scale
-
-
-def _quiet(func, *args, **kwargs):
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return func(*args, **kwargs)
 
 
 def shared_scale(a: Heatmap, b: Heatmap, mode: str) -> tuple[np.ndarray, np.ndarray]:

@@ -172,6 +172,11 @@ def _key_options(spec: HeatmapSpec, settings: Settings) -> dict[str, Any]:
     return options
 
 
+def _pool_key(ref: ModelRef, settings: Settings, model_fingerprint: str) -> tuple:
+    """What a kept model must match to be used again: its weights, device and dtype."""
+    return ref, settings.device, settings.dtype, model_fingerprint
+
+
 def _acquire(ref: ModelRef, settings: Settings, model_fingerprint: str) -> Any:
     """A loaded model: from the pool kept between builds, or loaded now.
 
@@ -181,7 +186,7 @@ def _acquire(ref: ModelRef, settings: Settings, model_fingerprint: str) -> Any:
     """
     from .models import load
 
-    key = (ref, settings.device, settings.dtype, model_fingerprint)
+    key = _pool_key(ref, settings, model_fingerprint)
     if key in _pool:
         _pool.move_to_end(key)
         return _pool[key]
@@ -193,9 +198,9 @@ def _acquire(ref: ModelRef, settings: Settings, model_fingerprint: str) -> Any:
     )
 
 
-def _release(ref: ModelRef, settings: Settings, loaded: Any, model_fingerprint: str = "") -> None:
+def _release(ref: ModelRef, settings: Settings, loaded: Any, model_fingerprint: str) -> None:
     """Keep the model for the next build when asked to (LRU), else free it now."""
-    _pool[(ref, settings.device, settings.dtype, model_fingerprint)] = loaded
+    _pool[_pool_key(ref, settings, model_fingerprint)] = loaded
     while len(_pool) > settings.keep_models:
         _pool.popitem(last=False)
 

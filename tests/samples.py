@@ -12,3 +12,18 @@ CHAT_TEMPLATE = (
 )
 
 MORE_ARCHS = ("neox", "qwen2", "gemma2")  # built by the `more_models` fixture
+
+# Markup and template syntax that must show as these characters everywhere (tests/fault, tests/browser)
+ATTACKS = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "{{ 7*7 }}", "{% raw %}"]
+NASTY = " ".join(ATTACKS)
+# The first block of an injection page: the attacks in the text, title and caption
+NASTY_BLOCK = f"""\
+```layerheat
+model: tiny
+text: |
+  {NASTY}
+metric: attention
+title: '{NASTY}'
+caption: '{NASTY}'
+```
+"""

@@ -10,23 +10,14 @@ import sys
 
 import pytest
 from browserkit import TOOLTIP_JS, serve, wait_for_figures
+from samples import ATTACKS, NASTY, NASTY_BLOCK
 
 from mkdocs_layerheat.render import display_labels
 
-ATTACKS = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "{{ 7*7 }}", "{% raw %}"]
-NASTY = " ".join(ATTACKS)
 PAGE = f"""\
 # Attacks
 
-```layerheat
-model: tiny
-text: |
-  {NASTY}
-metric: attention
-title: '{NASTY}'
-caption: '{NASTY}'
-```
-
+{NASTY_BLOCK}
 ```layerheat
 model: tiny
 text: '{NASTY} and <b>bold</b> &amp; <iframe src=//example.com>'

@@ -12,19 +12,12 @@ import shutil
 import pytest
 from faultsite import GOOD, make_site, mkdocs
 
-NASTY = """<script>alert(1)</script> "><img src=x onerror=alert(1)> {{ 7*7 }} {% raw %}"""
+from samples import NASTY, NASTY_BLOCK
+
 PAGE = f"""\
 # Injection
 
-```layerheat
-model: tiny
-text: |
-  {NASTY}
-metric: attention
-title: '{NASTY}'
-caption: '{NASTY}'
-```
-
+{NASTY_BLOCK}
 ```layerheat
 model: tiny
 text: |
