@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .heatmap import Heatmap
+from .heatmap import Heatmap, normalize as rescale
+from .phenomena import LENSES, Phenomenon, aside as aside_mask, detect
 
 HIGH, LOW = 2 / 3, 1 / 3  # thresholds on the unit scale: top third, bottom third
 STANDS_OUT = 0.25  # above the layer's median, on the unit scale
@@ -32,7 +33,8 @@ NARROW = 1 / 3  # a layer whose cells (10th to 90th percentile) lie within this 
 MIN_RUN = 3  # a sustained run lasts at least max(MIN_RUN, a tenth of the layers) layers
 DOMINANT_FACTOR, DOMINANT_MARGIN = 3.0, 0.3  # a dominant token's mean: > 3x the median token's and > it + 0.3
 MAX_DOMINANT = 3
-ANOMALY_FACTOR, ANOMALY_MIN = 3.0, 0.15  # a profile anomaly: nearest other profile > 3x the typical and > 0.15
+ANOMALY_FACTOR, ANOMALY_MIN = 3.0, 0.15  # a profile anomaly: distance to the typical profile > 3x the median and > 0.15
+TWIN = 0.5  # anomalies whose profiles lie closer than this share of their distance to the typical one share a profile
 MAX_ANOMALIES = 3
 TREND_RHO, TREND_CHANGE = 0.8, 0.2  # depth trend: rank correlation of layer means with depth, and change
 MAX_OBSERVATIONS = 5
@@ -62,10 +64,6 @@ class Band:
     @property
     def n_layers(self) -> int:
         return self.rows[1] - self.rows[0] + 1
-
-    @property
-    def share_medium(self) -> float:
-        return max(0.0, 1.0 - self.share_high - self.share_low)
 
 
 @dataclass
@@ -102,7 +100,7 @@ class Anomaly:
     direction: str = ""  # "above" | "below" the layers' medians over that run
     run_mean: float | None = None
     run_median: float | None = None
-    distance: float = 0.0  # profile: RMS distance (unit scale) to the nearest profile of a different piece
+    distance: float = 0.0  # profile: RMS distance (unit scale) to the typical profile (the layers' medians)
     typical_distance: float = 0.0  # ... and the median of that distance over all tokens
     token_kind: str = "text"  # text | special | template | generated (Heatmap.kinds)
 
@@ -141,9 +139,19 @@ class Findings:
     min_run: int = MIN_RUN
     trend: dict | None = None  # {"direction", "rho", "first", "last"} when layer means move with depth
     token_kinds: list[str] = field(default_factory=list)  # text | special | template | generated, per token
+    phenomena: list[Phenomenon] = field(default_factory=list)  # known phenomena, stated once each
+    aside_cells: int = 0  # cells the phenomena explain, left out of everything else
+    rescaled: bool = False  # layer/token scaling redone without those cells
+    metric: str = ""
+    predicts: list[str | None] = field(default_factory=list)  # lens metrics: the predicted token's label
+    raw_final_valid: list[bool] = field(default_factory=list)  # whether each token has a value at the last layer
 
-    def label(self, index: int) -> str:
-        return self.labels[index]
+    def of(self, kind: str) -> list[Phenomenon]:
+        return [p for p in self.phenomena if p.kind == kind]
+
+    @property
+    def edge(self) -> list[int]:
+        return next((p.tokens for p in self.phenomena if p.kind == "edge-effect"), [])
 
     def repeated(self, index: int) -> bool:
         """Whether another token has the same label (then a text names it with its position)."""
@@ -156,9 +164,6 @@ class Findings:
     @property
     def profile_anomalies(self) -> list[Anomaly]:
         return [a for a in self.anomalies if a.kind == "profile"]
-
-    def band_of(self, layer: int) -> Band | None:
-        return next((b for b in self.bands if b.first_layer <= layer <= b.last_layer), None)
 
 
 def _quiet(func, *args, **kwargs):
@@ -305,18 +310,19 @@ def _dominant(u_all: np.ndarray) -> list[int]:
             and top[t] > has_row.sum() / 2]
 
 
-def _nearest_other(profiles: np.ndarray, codes: np.ndarray, block: int = 512) -> np.ndarray:
-    """RMS distance from each column profile to the nearest column of a different label (inf if none)."""
-    n_layers, n = profiles.shape
-    x = profiles.T  # [tokens, layers]
-    sq = (x * x).sum(axis=1)
-    out = np.full(n, np.inf)
-    for start in range(0, n, block):
-        stop = min(n, start + block)
-        d2 = sq[start:stop, None] + sq[None, :] - 2.0 * (x[start:stop] @ x.T)
-        d2[codes[start:stop, None] == codes[None, :]] = np.inf  # itself and repeats of the same piece
-        out[start:stop] = d2.min(axis=1)
-    return np.sqrt(np.maximum(out, 0.0) / max(n_layers, 1))
+def _twins(profiles: np.ndarray, flagged: list[int], distance: np.ndarray) -> list[list[int]]:
+    """Flagged columns grouped by shared profile: a column joins the first group whose first member lies within
+    TWIN times the smaller of their two distances to the typical profile. Strongest first."""
+    groups: list[list[int]] = []
+    for j in sorted(flagged, key=lambda j: (-distance[j], j)):
+        for g in groups:
+            d = float(np.sqrt(np.mean((profiles[:, j] - profiles[:, g[0]]) ** 2)))
+            if d <= TWIN * min(distance[j], distance[g[0]]):
+                g.append(j)
+                break
+        else:
+            groups.append([j])
+    return groups
 
 
 def _strongest_run(dev: np.ndarray, valid: np.ndarray, stands: np.ndarray) -> tuple[int, int, str]:
@@ -354,32 +360,74 @@ def _empty(heatmap: Heatmap, labels: list[str], v: np.ndarray) -> Findings:
     )
 
 
-def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str]) -> Findings:
-    """Findings for `values` (the figure's matrix, `[layers, tokens]`), with `labels` naming the tokens."""
-    v = np.asarray(values, dtype=np.float64)
-    n_layers, n_tokens = v.shape
+def _analysed(heatmap: Heatmap, values: np.ndarray, phenomena: list[Phenomenon], normalize: str | None,
+              raw_known: bool) -> tuple[np.ndarray, int, bool]:
+    """The matrix the bands and highlights read: the figure's values without the cells the phenomena explain;
+    under layer or token scaling, scaled again without them (so that one token cannot wash the others out)."""
+    v = np.asarray(values, dtype=np.float64).copy()
+    mask = aside_mask(phenomena, v.shape) & ~np.isnan(v)
+    if not mask.any():
+        return v, 0, False
+    v[mask] = np.nan
+    rescaled = bool(normalize in ("layer", "token") and raw_known)
+    if rescaled:
+        raw = np.asarray(heatmap.values, dtype=np.float64).copy()
+        raw[mask] = np.nan
+        v = np.asarray(rescale(raw, normalize), dtype=np.float64)
+    return v, int(mask.sum()), rescaled
+
+
+def _predicts(heatmap: Heatmap, labels: list[str]) -> list[str | None]:
+    """For a lens metric, the label of the token each position's cells are about: the next token, or the target."""
+    if heatmap.metric not in LENSES:
+        return []
+    target = (heatmap.provenance.get("options") or {}).get("target")
+    if target is not None:
+        from .render import display_labels
+
+        return [display_labels([target])[0]] * len(labels)
+    return [labels[t + 1] if t + 1 < len(labels) else None for t in range(len(labels))]
+
+
+def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: str | None = None,
+            raw_known: bool = True) -> Findings:
+    """Findings for `values` (the figure's matrix, `[layers, tokens]`), with `labels` naming the tokens.
+
+    `normalize` is the figure's scaling (None: the values are analysed as given, e.g. a compare block's shared
+    scale); `raw_known` whether `heatmap.values` are the metric's raw values (the phenomena need them)."""
+    figure = np.asarray(values, dtype=np.float64)
+    n_layers, n_tokens = figure.shape
     layers = [int(x) for x in heatmap.layers]
     labels = [str(x) for x in labels]
+    causal = bool(heatmap.provenance.get("causal", True))
+    raw_values = heatmap.values if raw_known else np.full(figure.shape, np.nan)
+    phenomena = detect(heatmap.metric, raw_values, layers, causal) if n_tokens else []
+    v, aside_cells, rescaled = _analysed(heatmap, figure, phenomena, normalize, raw_known)
     valid = ~np.isnan(v)
     if not valid.any():
-        return _empty(heatmap, labels, v)
-    low, high = float(np.nanmin(v)), float(np.nanmax(v))
+        empty = _empty(heatmap, labels, v)
+        empty.nan_cells = int(np.isnan(figure).sum())
+        empty.phenomena, empty.aside_cells, empty.metric = phenomena, aside_cells, heatmap.metric
+        empty.predicts = _predicts(heatmap, labels)
+        return empty
+    low, high = float(np.nanmin(figure)), float(np.nanmax(figure))
     raw = np.asarray(heatmap.values, dtype=np.float64)
     raw_low, raw_high = (float(np.nanmin(raw)), float(np.nanmax(raw))) if (~np.isnan(raw)).any() else (low, high)
-    constant = not high > low
+    constant = not np.nanmax(v) > np.nanmin(v)
 
     # 1. dominant tokens are set aside; the others define the unit scale
-    span_all = high - low
-    u_all = (v - low) / span_all if span_all > 0 else np.where(valid, 0.0, np.nan)
+    v_low, v_high = float(np.nanmin(v)), float(np.nanmax(v))
+    span_all = v_high - v_low
+    u_all = (v - v_low) / span_all if span_all > 0 else np.where(valid, 0.0, np.nan)
     dominant = [] if constant else _dominant(u_all)
     kept = np.ones(n_tokens, dtype=bool)
     kept[dominant] = False
-    rest = v[:, kept]
+    kept &= valid.any(axis=0)  # a token whose every cell is explained by a phenomenon takes no part
+    rest = v[:, kept] if kept.any() else v
     scale_low, scale_high = float(np.nanmin(rest)), float(np.nanmax(rest))
     span = scale_high - scale_low
     u = (v - scale_low) / span if span > 0 else np.where(valid, 0.0, np.nan)
     ur, valid_r = u[:, kept], valid[:, kept]
-
     median_u = _quiet(np.nanmedian, ur, axis=1)  # NaN for a layer without values
     contrast = u - median_u[:, None]
     stands = np.nan_to_num(contrast, nan=-np.inf) >= STANDS_OUT - 1e-12
@@ -447,23 +495,20 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str]) -> Findings
                                  float(token_means[t]), others, top_layers=top, token_kind=token_kinds[t]))
     kept_idx = np.flatnonzero(kept & has_value)
     if len(kept_idx) >= 6 and n_layers >= 3 and not constant:
-        profiles = np.where(valid[:, kept_idx], u[:, kept_idx], median_u[:, None])
-        profiles = np.nan_to_num(profiles)
-        _, codes = np.unique(np.array([labels[t] for t in kept_idx], dtype=object).astype(str), return_inverse=True)
-        nearest = _nearest_other(profiles, codes)
-        finite = nearest[np.isfinite(nearest)]
-        typical = float(np.median(finite)) if finite.size else 0.0
-        flagged = np.flatnonzero(np.isfinite(nearest) & (nearest > max(ANOMALY_MIN, ANOMALY_FACTOR * typical)))
-        seen: set[str] = set()
-        for j in flagged[np.argsort(-nearest[flagged], kind="stable")]:
-            t = int(kept_idx[j])
-            if labels[t] in seen or len(seen) >= MAX_ANOMALIES:
-                continue
-            seen.add(labels[t])
-            group = sorted(int(kept_idx[i]) for i in flagged if labels[kept_idx[i]] == labels[t])
+        profiles = np.nan_to_num(np.where(valid[:, kept_idx], u[:, kept_idx], median_u[:, None]))
+        typical_profile = np.nan_to_num(median_u)[:, None]
+        distance = np.sqrt(np.mean((profiles - typical_profile) ** 2, axis=0))
+        typical = float(np.median(distance))
+        flagged = [int(j) for j in np.flatnonzero(distance > max(ANOMALY_MIN, ANOMALY_FACTOR * typical))]
+        others_means = token_means[kept_idx]
+        for group_j in _twins(profiles, flagged, distance):
+            if len(anomalies) - len(dominant) >= MAX_ANOMALIES:
+                break
+            group = sorted(int(kept_idx[j]) for j in group_j)
             t = group[0]  # a group is described by its first position
             first, last, direction = _strongest_run(np.nan_to_num(contrast[:, t]), valid[:, t], stands[:, t])
-            others_means = token_means[kept_idx]
+            if first == last and direction == "above" and len(group) == 1 and tokens[t].stands_out:
+                continue  # a single peak, already a highlight
             anomalies.append(Anomaly(
                 "profile", group, labels[t], any(token_kinds[i] in ("special", "template") for i in group),
                 float(token_means[t]),
@@ -471,7 +516,7 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str]) -> Findings
                 run=(layers[first], layers[last]), direction=direction,
                 run_mean=float(np.nanmean(v[first:last + 1, t])),
                 run_median=float(np.nanmean(layer_medians[first:last + 1])),
-                distance=float(nearest[np.flatnonzero(kept_idx == t)[0]]), typical_distance=typical,
+                distance=float(distance[group_j[0]]), typical_distance=typical,
                 token_kind=token_kinds[t],
             ))
 
@@ -490,13 +535,16 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str]) -> Findings
     means_order = np.argsort(-np.nan_to_num(layer_means, nan=-np.inf), kind="stable")
     findings = Findings(
         n_layers=n_layers, n_tokens=n_tokens, layers=layers, labels=labels,
-        low=low, high=high, raw_low=raw_low, raw_high=raw_high, nan_cells=int((~valid).sum()), constant=constant,
+        low=low, high=high, raw_low=raw_low, raw_high=raw_high, nan_cells=int(np.isnan(figure).sum()),
+        constant=constant,
         scale_low=scale_low, scale_high=scale_high,
         layer_means=[float(m) for m in layer_means], layer_medians=[float(m) for m in layer_medians],
         top_layers=[] if constant else [layers[i] for i in means_order[:min(3, n_layers)]],
         bands=bands, tokens=tokens, highlights=highlights, runs=runs, anomalies=anomalies,
         set_aside=list(dominant), min_run=min_run, trend=None if constant else _trend(layer_means, layers, span),
-        token_kinds=token_kinds,
+        token_kinds=token_kinds, phenomena=phenomena, aside_cells=aside_cells, rescaled=rescaled,
+        metric=heatmap.metric, predicts=_predicts(heatmap, labels),
+        raw_final_valid=[bool(x) for x in ~np.isnan(figure[-1])],
     )
     findings.observations = _observations(findings, heatmap)
     return findings
@@ -523,21 +571,25 @@ def _trend(layer_means: np.ndarray, layers: list[int], span: float) -> dict | No
 
 
 def _observations(f: Findings, heatmap: Heatmap) -> list[Observation]:
-    """Candidate sentences with a salience score; the best `MAX_OBSERVATIONS`, most salient first."""
+    """Candidate lead sentences with a salience score; the best `MAX_OBSERVATIONS`, most salient first.
+    A known phenomenon comes first; a token reported as an anomaly gets no second observation."""
     out: list[Observation] = []
+    for kind in ("attention-sink", "massive-activation"):
+        if f.of(kind):
+            out.append(Observation(kind, 1.0, {"items": f.of(kind)}))
+    if f.metric in LENSES and not f.constant:
+        out.append(Observation("convergence", 1.0, {}))
     for a in f.dominant:
-        out.append(Observation("sink", 1.0, {"anomaly": a, "attention": heatmap.metric.startswith("attention")
-                                             and "entropy" not in heatmap.metric}))
+        out.append(Observation("sink", 0.95, {"anomaly": a}))
     if f.constant:
-        out.append(Observation("flat", 1.0, {"value": f.low}))
-        return out
+        out.append(Observation("flat", 0.95, {"value": f.low}))
+        return out[:MAX_OBSERVATIONS]
     if len(f.bands) >= 2:
         onset = next((b for i, b in enumerate(f.bands) if b.kind not in UNIFORM and i > 0
                       and all(x.kind in UNIFORM for x in f.bands[:i])), None)
         out.append(Observation("structure", 0.9, {"bands": f.bands, "onset": onset}))
     if f.trend:
         out.append(Observation("trend", 0.85, dict(f.trend)))
-    # a token reported as an anomaly gets no second observation: the others are "apart from the anomalies"
     anomalous = {i for a in f.anomalies for i in a.indices}
     spikes = [h for h in f.highlights if h.index not in anomalous]
     if spikes:
@@ -549,17 +601,9 @@ def _observations(f: Findings, heatmap: Heatmap) -> list[Observation]:
         best = runs[0]
         out.append(Observation("run", 0.55 + 0.3 * min(1.0, best.run_length / max(f.n_layers, 1)),
                                {"token": best, "besides": runs[0] is not f.runs[0]}))
-    if len(f.highlights) >= 3 and f.n_layers >= 6:
-        cut = f.layers[f.n_layers - f.n_layers // 3]  # the top third of the layers
-        late = [h for h in f.highlights if h.peak_layer >= cut]
-        share = len(late) / len(f.highlights)
-        if share >= 0.5:
-            out.append(Observation("late", 0.4 + 0.4 * share, {
-                "tokens": late, "count": len(late), "total": len(f.highlights), "first_layer": cut,
-                "last_layer": f.layers[-1]}))
     for a in f.profile_anomalies:
         out.append(Observation("anomaly", 0.7, {"anomaly": a}))
-    if not f.highlights and not f.runs:
+    if not f.highlights and not f.runs and not f.phenomena:
         out.append(Observation("flat", 0.6, {"value": None}))
     out.sort(key=lambda o: -o.score)
     return out[:MAX_OBSERVATIONS]

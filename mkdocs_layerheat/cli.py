@@ -249,9 +249,9 @@ def summarize(heatmap_file: Path, as_json: bool, templates: Path | None) -> None
     if normalize not in NORMALIZATIONS:
         raise click.ClickException(f"{heatmap_file}: unknown normalize {normalize!r}")
     labels = display_labels(heatmap.tokens, heatmap.token_bytes)
-    findings = analyze(heatmap, heatmap.values, labels)
-    narrative: Narrative = Renderer(templates).narrative
     raw_known = normalize == "none"  # a normalised file no longer holds the raw values
+    findings = analyze(heatmap, heatmap.values, labels, normalize, raw_known)
+    narrative: Narrative = Renderer(templates).narrative
     if as_json:
         document = summary_json(heatmap, findings, narrative, normalize, raw_known)
         sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")

@@ -314,7 +314,7 @@ def extract_many(
 
 
 def _heatmap(loaded: LoadedModel, seq: Sequence, request: MetricRequest, values: np.ndarray) -> Heatmap:
-    provenance = dict(seq.provenance, dtype=loaded.dtype)
+    provenance = dict(seq.provenance, dtype=loaded.dtype, causal=loaded.causal)
     if request.key_options():
         provenance["options"] = request.key_options()
     return Heatmap(

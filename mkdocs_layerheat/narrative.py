@@ -15,11 +15,17 @@ from typing import Any
 import numpy as np
 from jinja2 import BaseLoader, Environment, StrictUndefined, pass_context
 
-from .analysis import Findings
+from .analysis import UNIFORM as UNIFORM_KINDS, Findings
 from .compare import IDENTICAL, Difference
 from .heatmap import Heatmap
 from .metrics import METRICS
+from .phenomena import LENSES, SOURCES, Phenomenon
 
+NAMES = {"attention-sink": "Attention sinks", "massive-activation": "Massive activations",
+         "edge-effect": "Edge effect", "prediction-converges": "Predictions settle", "late-drop": "Late drops"}
+DELIMITERS = {"␣", "↵", "⇥", "␣␣", "↵↵", ".", ",", ":", ";", "!", "?", "[SEP]", "[CLS]"}
+WHITESPACE = {"␣", "↵", "⇥", "␣␣", "↵↵"}
+PALE = 0.25  # the other cells span less than this share of the figure's scale: they look pale next to the rest
 TEMPLATE = "summary.md"
 COMPARE_TEMPLATE = "compare.md"
 PER_BAND = 4  # token highlights listed per band (the strongest), the rest counted
@@ -27,13 +33,26 @@ MAX_RUNS = 4  # sustained runs listed
 
 
 def number(value: float | None) -> str:
-    """A value as the summary states it: 2 decimals, or 3 significant digits when very small or large."""
+    """A value as the summary states it: 2 significant figures ("0.48", "0.0031", "170", "25,000")."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     value = float(value)
     if value == 0:
-        return "0.00"
-    return f"{value:.2f}" if 0.01 <= abs(value) < 1000 else f"{value:.3g}"
+        return "0"
+    magnitude = math.floor(math.log10(abs(value)))
+    if magnitude < -5:
+        return f"{value:.1e}"
+    rounded = round(value, 1 - magnitude)
+    if rounded and math.floor(math.log10(abs(rounded))) > magnitude:  # 0.0995 -> 0.10, 995 -> 1,000
+        magnitude += 1
+    if magnitude >= 1:
+        return f"{round(rounded, 1 - magnitude):,.0f}"
+    return f"{rounded:.{1 - magnitude}f}"
+
+
+def times(ratio: float) -> str:
+    """A ratio to a median: "180x"."""
+    return f"{number(ratio)}x"
 
 
 def decimals(span: float) -> int:
@@ -45,11 +64,27 @@ def decimals(span: float) -> int:
 
 @pass_context
 def scaled(context, value: float | None) -> str:
-    """A value on the figure's scale, with the decimals that scale needs."""
+    """A value on the figure's scale (compare summaries: with the decimals that the differences need)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
+    if "decimals" not in context:
+        return number(value)
     text = f"{float(value):.{context['decimals']}f}"
     return text[1:] if text.startswith("-") and not text.strip("-0.") else text
+
+
+def span(first_last) -> str:
+    """A (first, last) run of layers: "layer 12" or "layers 12–26"."""
+    return layers(*first_last)
+
+
+def model_name(ref: str) -> str:
+    """A model as a reader knows it: a hub id without its revision, a folder's or a GGUF file's name."""
+    ref = str(ref).split("@")[0].rstrip("/\\")
+    if "/" in ref.strip("/") and not any(ch in ref for ch in "\\.") and ref.count("/") == 1:
+        return ref  # owner/name on the hub
+    name = re.split(r"[/\\]", ref)[-1]
+    return name[:-5] if name.lower().endswith(".gguf") else name
 
 
 @pass_context
@@ -107,13 +142,73 @@ def markdown_to_html(text: str) -> str:
     return md.convert(text)
 
 
+def _groups(f: Findings) -> list[tuple[str, list[Phenomenon]]]:
+    """The phenomena of a non-lens figure by kind, in reading order: sinks, massive activations, the edge."""
+    order = ("attention-sink", "massive-activation", "edge-effect")
+    return [(kind, f.of(kind)) for kind in order if f.of(kind)]
+
+
+def _lens(f: Findings) -> dict:
+    """What the convergence paragraph of a lens figure states."""
+    final = f.layers.index(f.layers[-1]) if f.layers else 0
+    with_value = [t for t in range(f.n_tokens) if f.raw_final_valid and f.raw_final_valid[t]]
+    converged = sorted(f.of("prediction-converges"), key=lambda p: (f.layers.index(p.layers[0]), p.tokens[0]))
+    last = f.layers[final] if f.layers else 0
+    median = None
+    if converged:
+        rows = [f.layers.index(p.layers[0]) for p in converged]
+        median = f.layers[rows[(len(rows) - 1) // 2]]  # the lower median: a layer of the figure
+    early = [p for p in converged if p.layers[0] != last and f.layers.index(p.layers[0]) < f.layers.index(median)][:3]
+    return {
+        "n": len(with_value), "converged": converged, "median": median, "never": len(with_value) - len(converged),
+        "early": early, "late": [p.tokens[0] for p in converged if p.layers[0] == last],
+        "drops": len(f.of("late-drop")),
+    }
+
+
+def _interpretation(f: Findings, tok) -> list[str]:
+    """The hedged closing reading: what the phenomena found are consistent with, in the literature's words."""
+    out = []
+    sinks = f.of("attention-sink")
+    if sinks:
+        first = [p for p in sinks if p.tokens[0] == 0]
+        others = [p for p in sinks if p.tokens[0] != 0]
+        if first:
+            out.append(f"A first-token sink is how causal models typically park attention that no other token needs "
+                       f"(Xiao et al. 2023); Sun et al. 2024 find that such tokens also carry massive activations, "
+                       f"which a `hidden-norm` figure of the same text would show.")
+        if others:
+            out.append(f"{join([tok(p.tokens[0]) for p in others])} "
+                       f"{'is a sink' if len(others) == 1 else 'are sinks'} away from the first position, consistent "
+                       f"with Gu et al. 2024, who find that sinks form on tokens the model treats as carrying little "
+                       f"meaning, often whitespace or delimiters.")
+    massive = f.of("massive-activation")
+    if massive:
+        names = join([tok(p.tokens[0]) for p in massive[:3]])
+        out.append(f"Sun et al. 2024 find that tokens with massive activations act as attention sinks, so {names} "
+                   f"likely {'receives' if len(massive) == 1 else 'receive'} much of the attention in these layers; "
+                   f"an `attention` figure of the same text would show it.")
+    if f.metric in LENSES and f.of("prediction-converges") or f.of("late-drop"):
+        out.append("The lens reads the lower layers poorly, so a low value there does not mean that the model lacks "
+                   "the prediction, only that it is not yet in the output's basis (Belrose et al. 2023)"
+                   + ("; the late drops suggest that the last layers spread probability back over alternatives."
+                      if f.of("late-drop") else "."))
+    onset = next((b for i, b in enumerate(f.bands) if b.kind not in UNIFORM_KINDS and i > 0
+                  and all(x.kind in UNIFORM_KINDS for x in f.bands[:i])), None)
+    if onset and not f.phenomena:
+        out.append("Uniform lower layers followed by tokens that differ are consistent with early layers treating "
+                   "all tokens alike and later ones specialising.")
+    return out
+
+
 class Narrative:
     """Renders `summary.md` from a template loader (the package's templates, or a user's overrides first)."""
 
     def __init__(self, loader: BaseLoader):
         self.env = Environment(loader=loader, autoescape=False, trim_blocks=True, lstrip_blocks=True,
                                keep_trailing_newline=True, undefined=StrictUndefined)
-        self.env.filters.update(num=scaled, raw=number, pct=percent, code=code, cell=cell, signed=signed)
+        self.env.filters.update(num=scaled, raw=number, pct=percent, code=code, cell=cell, signed=signed,
+                                times=times, span=span)
         self.env.globals.update(join=join, layers=layers)
 
     def context(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool = True,
@@ -122,10 +217,15 @@ class Narrative:
         f = findings
         metric = METRICS.get(heatmap.metric)
         span = f.scale_high - f.scale_low
+        lens_metric = heatmap.metric in LENSES
 
         def tok(index: int) -> str:
-            """A token as the text names it: its label, with its position when the label occurs twice."""
-            return code(f.labels[index]) + (f" (position {index})" if f.repeated(index) else "")
+            """A token as the text names it: its label, with its position when the label occurs twice; under a
+            lens metric, followed by the token its cells are about ("`is` → `Paris`")."""
+            name = code(f.labels[index]) + (f" (position {index})" if f.repeated(index) else "")
+            if lens_metric and f.predicts and f.predicts[index] is not None:
+                name += f" → {code(f.predicts[index])}"
+            return name
 
         def toks(indices: list[int]) -> str:
             return join([tok(i) for i in indices])
@@ -137,11 +237,15 @@ class Narrative:
             return join([tok(i) for i in indices[:n]] + [f"{len(indices) - n} {others}"])
 
         def group(indices: list[int]) -> str:
-            """Repeats of one piece: the label once, then their positions."""
-            if len(indices) == 1:
-                return tok(indices[0])
+            """Repeats of one piece: the label once, then their positions; different pieces: each by name."""
+            if len(indices) == 1 or len({f.labels[i] for i in indices}) > 1:
+                return toks(indices)
             return f"{code(f.labels[indices[0]])} (positions {join([str(i) for i in indices])})"
 
+        observations = f.observations
+        lead = observations[:1] + [o for o in observations[1:2] if o.kind != "run" and not (
+            o.kind == "structure" and len(f.bands) > 4) and not (lens_metric and o.kind == "sink")]
+        third = max(1, f.n_layers // 3)
         return {
             "f": f,
             "findings": f,
@@ -151,8 +255,23 @@ class Narrative:
             "shared": shared,
             "n_tokens": f.n_tokens,
             "metric_name": heatmap.metric,
+            "model_name": model_name(heatmap.model),
             "definition": metric.definition if metric else f"value of the metric {code(heatmap.metric)}",
             "attention_metric": heatmap.metric == "attention",
+            "lens_metric": lens_metric,
+            "rank_metric": heatmap.metric == "logit-lens-rank",
+            "target": bool((heatmap.provenance.get("options") or {}).get("target")),
+            "lens": _lens(f) if lens_metric else None,
+            "early_layer": f.layers[min(third, f.n_layers - 1)] if f.layers else 0,
+            "late_layer": f.layers[f.n_layers - third] if f.layers else 0,
+            "groups": _groups(f),
+            "names": NAMES,
+            "sources": SOURCES,
+            "delimiters": DELIMITERS,
+            "whitespace": WHITESPACE,
+            "pale": bool(f.aside_cells) and not f.rescaled and span < PALE * (f.high - f.low),
+            "interpretation": _interpretation(f, tok),
+            "lead": lead,
             "low_below": f.scale_low + span / 3,
             "high_above": f.scale_low + 2 * span / 3,
             "per_band": PER_BAND,
@@ -161,7 +280,6 @@ class Narrative:
             "toks": toks,
             "some": some,
             "group": group,
-            "decimals": decimals(span if span > 0 else abs(f.high - f.low)),
             "all_nan": bool(np.isnan(f.low)) if isinstance(f.low, float) else False,
         }
 
@@ -169,6 +287,9 @@ class Narrative:
                  shared: bool = False) -> str:
         text = self.env.get_template(TEMPLATE).render(self.context(heatmap, findings, normalize, raw_known, shared))
         return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+    def _module(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool):
+        return self.env.get_template(TEMPLATE).make_module(self.context(heatmap, findings, normalize, raw_known))
 
     def comparison(self, a: Heatmap, b: Heatmap, diff: Difference, labels: tuple[list[str], list[str]],
                    names: tuple[str, str], normalize: str) -> str:
@@ -187,10 +308,18 @@ class Narrative:
         )
         return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
-    def observations(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool = True) -> list[str]:
-        """Each key observation as one Markdown sentence, most salient first."""
-        module = self.env.get_template(TEMPLATE).make_module(self.context(heatmap, findings, normalize, raw_known))
-        return [" ".join(str(module.observation(o)).split()) for o in findings.observations]
+    def sentences(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool = True) -> dict:
+        """The lead, each ranked observation and each phenomenon's sentence, as one-line Markdown."""
+        module = self._module(heatmap, findings, normalize, raw_known)
+
+        def line(x) -> str:
+            return " ".join(str(x).split())
+
+        return {
+            "lead": line(module.lead_text()),
+            "observations": [line(module.observation(o)) for o in findings.observations],
+            "phenomena": [line(module.phenomenon(p)) for p in findings.phenomena],
+        }
 
 
 def _clean(x: Any) -> Any:
@@ -201,9 +330,22 @@ def _clean(x: Any) -> Any:
 
 def summary_json(heatmap: Heatmap, findings: Findings, narrative: Narrative, normalize: str,
                  raw_known: bool = True) -> dict:
-    """The `layerheat summarize --json` document: bands, per-token findings, observations and the text."""
+    """The `layerheat summarize --json` document: the lead, phenomena, highlights, bands, tokens and the text."""
     f = findings
+    said = narrative.sentences(heatmap, f, normalize, raw_known)
+    shown = [i for b in f.bands for i in b.peaks[:PER_BAND]]
     return {
+        "lead": said["lead"],
+        "phenomena": [
+            {"kind": p.kind, "tokens": list(p.tokens), "layers": list(p.layers), "value": _clean(p.value),
+             "sentence": sentence}
+            for p, sentence in zip(f.phenomena, said["phenomena"])
+        ],
+        "highlights": [
+            {"index": i, "layer": f.tokens[i].peak_layer, "value": _clean(f.tokens[i].peak_value),
+             "median": _clean(f.tokens[i].peak_median)}
+            for i in shown
+        ],
         "bands": [
             {"first_layer": b.first_layer, "last_layer": b.last_layer, "kind": b.kind, "mean": _clean(b.mean)}
             for b in f.bands
@@ -216,9 +358,10 @@ def summary_json(heatmap: Heatmap, findings: Findings, narrative: Narrative, nor
                 "peak_layer": t.peak_layer,
                 "peak_value": _clean(t.peak_value),
                 "sustained": list(t.sustained) if t.sustained else None,
+                **({"predicts": f.predicts[t.index]} if f.predicts else {}),
             }
             for t in f.tokens
         ],
-        "observations": narrative.observations(heatmap, f, normalize, raw_known),
+        "observations": said["observations"],
         "text": narrative.markdown(heatmap, f, normalize, raw_known),
     }

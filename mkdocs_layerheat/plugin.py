@@ -209,7 +209,7 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
         labels = [display_labels(heatmap.tokens, heatmap.token_bytes) for heatmap in heatmaps]
         if len(heatmaps) == 1:
             values = heatmaps[0].normalized(spec.normalize)
-            findings = analyze(heatmaps[0], values, labels[0])
+            findings = analyze(heatmaps[0], values, labels[0], spec.normalize)
             return self.renderer.figure(number, heatmaps[0], values, labels[0], spec, findings, data_url=data_urls[0])
         a, b = heatmaps
         values = shared_scale(a, b, spec.normalize)

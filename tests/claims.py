@@ -12,12 +12,14 @@ import re
 import numpy as np
 
 HIGH, LOW, STANDS_OUT = 2 / 3, 1 / 3, 0.25
-NUM = r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?"
+NUM = r"(?:-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:e[+-]?\d+)?)"
 CODE_PARTS = r"(`+) ?(.+?) ?\1(?!`)"  # fence, label (used on its own)
 # a code span without capturing groups, for use inside larger patterns (fences of 1 to 4 backticks)
-CODE = "(?:" + "|".join(rf"(?<!`){'`' * n}(?!`) ?[^\n]+? ?(?<!`){'`' * n}(?!`)" for n in (1, 2, 3, 4)) + ")"
+_INSIDE = {1: "[^`\\n]"}  # a single-backtick span holds no backtick; longer fences may hold shorter runs
+CODE = "(?:" + "|".join(rf"(?<!`){'`' * n}(?!`) ?{_INSIDE.get(n, '[^' + chr(10) + ']')}+? ?(?<!`){'`' * n}(?!`)"
+                        for n in (1, 2, 3, 4)) + ")"
 # a token reference: a code span, optionally followed by its position(s)
-TOK = rf"(?:{CODE}(?: \((?:position|positions) [\d, and]+\))?)"
+TOK = rf"(?:{CODE}(?: \((?:position|positions) [\d, and]+\))?(?: → {CODE})?)"
 LAYERS = r"(?:Layers?|layers?) (\d+)(?:–(\d+))?"
 
 
@@ -28,8 +30,12 @@ def close(stated: str, true: float, rel: float = 0.0) -> bool:
         mantissa = stated.split("e")[0]
         digits = len(mantissa.replace("-", "").replace(".", "").lstrip("0")) or 1
         return math.isclose(float(stated), true, rel_tol=0.5 * 10 ** (1 - digits) + 1e-6, abs_tol=1e-300)
-    decimals = len(stated.split(".")[1]) if "." in stated else 0
-    return abs(float(stated) - true) <= 0.5 * 10 ** -decimals + 1e-6 * max(1.0, abs(true)) + rel
+    stated = stated.replace(",", "")
+    if "." in stated:
+        tolerance = 0.5 * 10 ** -len(stated.split(".")[1])
+    else:  # "170", "25000": the trailing zeros are not significant
+        tolerance = 0.5 * 10 ** (len(stated) - len(stated.rstrip("0"))) if stated.strip("-0") else 0.5
+    return abs(float(stated) - true) <= tolerance + 1e-6 * max(1.0, abs(true)) + rel
 
 
 def quiet(func, *args, **kwargs):
@@ -40,25 +46,117 @@ def quiet(func, *args, **kwargs):
         return func(*args, **kwargs)
 
 
+METRIC_OF = {"attention received:": "attention", "attention from one query:": "attention-from",
+             "attention entropy:": "attention-entropy", "hidden-state norm:": "hidden-norm", "update:": "update",
+             "attention-sublayer norm:": "attn-norm", "MLP-sublayer norm:": "mlp-norm", "logit lens:": "logit-lens",
+             "logit-lens rank:": "logit-lens-rank"}
+MASSIVE = ("hidden-norm", "attn-norm", "mlp-norm")
+
+
+def metric_of(text: str) -> str:
+    """The metric a summary is about, from the definition it states."""
+    m = re.search(r"^Each cell is the (.+)$", text, re.M)
+    for prefix, name in METRIC_OF.items():
+        if m and m.group(1).startswith(prefix):
+            return name
+    return "unknown"
+
+
+def edge_positions(metric: str, n: int, causal: bool) -> list[int]:
+    """Attention received at the last positions averages over few queries; entropy at the first sees few keys."""
+    if not causal or n < 8 or metric not in ("attention", "attention-entropy"):
+        return []
+    k = min(n, max(3, math.ceil(0.02 * n)))
+    return list(range(n - k, n)) if metric == "attention" else list(range(k))
+
+
+def sink_cells(raw: np.ndarray, edge: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """token -> (rows, cols) of the cells where it takes >= 0.3 of the attention and >= 5x the layer's median
+    (over the tokens off the edge), for tokens with at least max(2, a tenth of the layers) such layers."""
+    n_layers, n = raw.shape
+    out = {}
+    if n < 4:
+        return out
+    rows_of: dict[int, list[int]] = {}
+    for r in range(n_layers):
+        row = [raw[r, t] for t in range(n) if t not in edge and not math.isnan(raw[r, t])]
+        median = float(np.median(row)) if row else math.nan
+        for t in range(n):
+            x = raw[r, t]
+            if t not in edge and not math.isnan(x) and x >= 0.3 and x >= 5 * median:
+                rows_of.setdefault(t, []).append(r)
+    for t, rows in rows_of.items():
+        if len(rows) >= max(2, math.ceil(n_layers / 10)):
+            out[t] = (np.array(rows), np.full(len(rows), t))
+    return out
+
+
+def massive_cells(raw: np.ndarray, single_layer: bool) -> dict[int, dict]:
+    """token -> its longest-lasting facts: rows at >= 10x the layer's median in runs long enough, and the rows
+    at >= 5x (its decay), which the summary leaves out."""
+    n_layers, n = raw.shape
+    out = {}
+    if n < 4:
+        return out
+    median = quiet(np.nanmedian, raw, axis=1)
+    need = 1 if single_layer else max(3, math.ceil(n_layers / 10))
+    for t in range(n):
+        ratio = [raw[r, t] / median[r] if median[r] > 0 and not math.isnan(raw[r, t]) else 0.0 for r in range(n_layers)]
+        runs, start = [], None
+        for r in range(n_layers + 1):
+            on = r < n_layers and ratio[r] >= 10
+            if on and start is None:
+                start = r
+            elif not on and start is not None:
+                if r - start >= need:
+                    runs.append((start, r - 1))
+                start = None
+        if runs:
+            rows = np.array([r for r in range(n_layers) if ratio[r] >= 5])
+            out[t] = {"runs": runs, "ratio": ratio, "aside": (rows, np.full(len(rows), t))}
+    return out
+
+
 class Reader:
     """The facts a reader can recompute from the matrix, and the checks of each kind of sentence."""
 
     def __init__(self, text: str, values: np.ndarray, layers: list[int], labels: list[str], raw: np.ndarray,
-                 special: list[bool] | None = None, kinds: list[str] | None = None, model: str | None = None):
+                 special: list[bool] | None = None, kinds: list[str] | None = None, model: str | None = None,
+                 metric: str | None = None, causal: bool = True):
         self.text = text
-        self.v = np.asarray(values, dtype=np.float64)
+        self.figure = np.asarray(values, dtype=np.float64)
         self.layers = list(layers)
         self.labels = list(labels)
         self.raw = np.asarray(raw, dtype=np.float64)
         self.special = special or [False] * len(labels)
         self.kinds = kinds or ["special" if x else "text" for x in self.special]
         self.model = model
-        self.n_layers, self.n_tokens = self.v.shape
-        self.valid = ~np.isnan(self.v)
+        self.metric = metric or metric_of(text)
+        self.n_layers, self.n_tokens = self.figure.shape
         self.problems: list[str] = []
         self.checked = 0
+        self.edge = edge_positions(self.metric, self.n_tokens, causal)
+        self.sinks = sink_cells(self.raw, self.edge) if self.metric == "attention" else {}
+        self.massive = massive_cells(self.raw, self.metric != "hidden-norm") if self.metric in MASSIVE else {}
+        aside = np.zeros(self.figure.shape, dtype=bool)
+        aside[:, self.edge] = True
+        for cells in list(self.sinks.values()) + [m["aside"] for m in self.massive.values()]:
+            aside[cells] = True
+        self.aside = aside & ~np.isnan(self.figure)
+        self.v = self.figure.copy()
+        self.v[self.aside] = np.nan
+        self.rescaled = "scaled to 0–1 again without them" in text
+        if self.rescaled:
+            mode = 1 if "Each layer (row) is scaled" in text else 0
+            r = self.raw.copy()
+            r[self.aside] = np.nan
+            lo, hi = quiet(np.nanmin, r, axis=mode, keepdims=True), quiet(np.nanmax, r, axis=mode, keepdims=True)
+            self.v = np.where(np.isnan(r), np.nan, np.where(hi > lo, (r - lo) / np.where(hi > lo, hi - lo, 1), 0.0))
+        self.valid = ~np.isnan(self.v)
         self.set_aside = self._set_aside()
-        self.kept = np.array([t not in self.set_aside for t in range(self.n_tokens)])
+        self.kept = np.array([t not in self.set_aside for t in range(self.n_tokens)]) & self.valid.any(axis=0)
+        if not self.kept.any():
+            self.kept = self.valid.any(axis=0) | True
         rest = self.v[:, self.kept]
         self.lo, self.hi = float(np.nanmin(rest)), float(np.nanmax(rest))
         self.span = self.hi - self.lo
@@ -88,11 +186,27 @@ class Reader:
     def rows(self, first: str, last: str | None) -> tuple[int, int]:
         return self.row(first), self.row(last if last else first)
 
+    def predicted(self, t: int) -> str | None:
+        """Under a lens metric, the label a position's cells are about: the next token, or the stated target."""
+        target = re.search(r"the cell is about the chosen target token", self.text)
+        if target:
+            return None  # the target's label is not in the matrix: checked by the tests that set it
+        return self.labels[t + 1] if t + 1 < self.n_tokens else None
+
     def token(self, ref: str) -> list[int]:
-        """The positions a token reference names (label, with positions when the label repeats)."""
+        """The positions a token reference names (label, with positions when the label repeats); under a lens
+        metric the reference ends with the token predicted there, which must be the next one."""
         m = re.match(CODE_PARTS + r"(?: \((?:position|positions) ([\d, and]+)\))?", ref)
         label = m.group(2)
+        arrow = re.match(r" → " + CODE_PARTS + r"$", ref[m.end():])
+        if self.metric.startswith("logit-lens"):
+            self.expect(bool(arrow) or self.predicted_missing(ref), f"{ref}: a lens token names no prediction")
         positions = [int(x) for x in re.findall(r"\d+", m.group(3))] if m.group(3) else None
+        if arrow:
+            for p in positions or [i for i, x in enumerate(self.labels) if x == label][:1]:
+                want = self.predicted(p)
+                self.expect(want is None and "target" in self.text or want == arrow.group(2),
+                            f"{ref}: position {p} predicts {want!r}, not {arrow.group(2)!r}")
         same = [i for i, x in enumerate(self.labels) if x == label]
         if not same:
             self.fail(f"the summary names a token {label!r} that is not in the text")
@@ -104,11 +218,17 @@ class Reader:
             self.expect(p in same, f"position {p} is not the token {label!r}")
         return positions
 
+    def predicted_missing(self, ref: str) -> bool:
+        """A lens reference without an arrow is fine only for the last position (no next token)."""
+        m = re.match(CODE_PARTS, ref)
+        same = [i for i, x in enumerate(self.labels) if x == m.group(2)]
+        return bool(same) and same[-1] == self.n_tokens - 1
+
     def tokens(self, refs: str) -> list[int]:
         return [i for m in re.finditer(TOK, refs) for i in self.token(m.group(0))]
 
     def _set_aside(self) -> list[int]:
-        m = re.search(rf"((?:{TOK}(?:, | and )?)+) (?:is|are) set aside", self.text)
+        m = re.search(rf"Below, ((?:{TOK}(?:, | and )?)+) (?:is|are) left out", self.text)
         if not m:
             return []
         found = [i for r in re.finditer(TOK, m.group(1)) for i in self._resolve_quiet(r.group(0))]
@@ -135,6 +255,14 @@ class Reader:
         rows = self.valid.any(axis=1)
         return int(np.sum(np.argmax(np.where(self.valid, self.v, -np.inf), axis=1)[rows] == t))
 
+    def to_typical(self) -> tuple[np.ndarray, float, np.ndarray]:
+        """RMS distance of each analysed token's profile to the typical one (the layers' medians)."""
+        idx = np.flatnonzero(self.kept & self.valid.any(axis=0))
+        med = np.nan_to_num(quiet(np.nanmedian, self.u[:, self.kept], axis=1))
+        prof = np.nan_to_num(np.where(self.valid[:, idx], self.u[:, idx], med[:, None]))
+        d = np.sqrt(((prof - med[:, None]) ** 2).mean(axis=0))
+        return idx, float(np.median(d)) if d.size else 0.0, d
+
     def nearest_other(self) -> tuple[np.ndarray, float, np.ndarray]:
         """RMS distance of each analysed token's profile to the nearest profile of a different piece."""
         idx = np.flatnonzero(self.kept & self.valid.any(axis=0))
@@ -148,7 +276,9 @@ class Reader:
 
     def anomalies(self) -> set[int]:
         """The positions the Anomalies section names."""
-        section = self.text.split("**Anomalies.**")[-1]
+        if "**Anomalies.**" not in self.text:
+            return set()
+        section = self.text.split("**Anomalies.**")[-1].split("**Interpretation.**")[0]
         return {i for m in re.finditer(TOK, section) for i in self._resolve_quiet(m.group(0))}
 
     def peak_row(self, t: int) -> int:
@@ -182,6 +312,15 @@ class Reader:
         self.expect(bool(self.stands[r, t]), f"{ref} does not stand out at layer {layer}")
         if where:
             self.expect(where[0] <= r <= where[1], f"{ref}: layer {layer} is outside its band")
+        return t
+
+    def check_peak_at(self, ref: str, layer: str) -> int:
+        (t,) = self.token(ref)[:1] or [None]
+        if t is None:
+            return -1
+        r = self.row(layer)
+        self.expect(self.contrast[r, t] >= np.nanmax(self.contrast[:, t]) - 1e-9 and bool(self.stands[r, t]),
+                    f"{ref} does not stand out most at layer {layer}")
         return t
 
     def check_run(self, ref: str, first: str, last: str, mean: str, median: str, length: str | None = None) -> None:
@@ -224,22 +363,33 @@ class Reader:
         eat(rf"raw values from ({NUM}) to ({NUM})", lambda m: self.expect(
             close(m.group(1), np.nanmin(self.raw)) and close(m.group(2), np.nanmax(self.raw)), "raw range"))
         eat(rf"Values are shown as computed, from ({NUM}) to ({NUM})", lambda m: self.expect(
-            close(m.group(1), np.nanmin(self.v)) and close(m.group(2), np.nanmax(self.v)), "value range"))
+            close(m.group(1), np.nanmin(self.figure)) and close(m.group(2), np.nanmax(self.figure)), "value range"))
         eat(r"(\d+) cells? ha(?:s|ve) no value", lambda m: self.expect(
             int(m.group(1)) == int((~self.valid).sum()), "NaN count"))
         eat(r"Of these, (?:(\d+) (?:is a|are) chat-template tokens?)?(?: and )?(?:(\d+) (?:was|were) generated)?",
             lambda m: self.expect(int(m.group(1) or 0) == self.kinds.count("template")
                                   and int(m.group(2) or 0) == self.kinds.count("generated"), "token kinds"))
         eat(r"^Each cell is the .*$", lambda m: None, re.M)  # the metric's fixed definition
-        eat(rf" of ({CODE})(?= \(y axis|\.)", lambda m: self.expect(
-            self.model is None or re.match(CODE_PARTS, m.group(1)).group(2) == self.model, f"model {m.group(1)!r}"))
+        def model(m):
+            name = re.match(CODE_PARTS, m.group(1)).group(2)
+            ref = (self.model or "").split("@")[0].rstrip("/")
+            self.expect(self.model is None or ref.endswith(name) or ref.endswith(name + ".gguf"), f"model {name!r}")
+        eat(rf" of ({CODE})(?= \(y axis|\.)", model)
+        eat(r"Tokens are named as current → predicted: [^\n]*", lambda m: None)
+        eat(r"\b(?:Xiao|Gu|Sun|Belrose|Meng) et al\. \d{4}|nostalgebraist \d{4}", lambda m: None)
+        eat(r"`(?:hidden-norm|attention)` figure of the same text", lambda m: None)
         eat(r"The single token of the text", lambda m: self.expect(self.n_tokens == 1, "single token"))
 
         # set aside (dominant) tokens
         def aside(m):
             self.expect(sorted(self.set_aside) == sorted(self.dominant_rule()), "set-aside tokens are not the dominant ones")
             self.expect(close(m.group("lo"), self.lo) and close(m.group("hi"), self.hi), "range of the other tokens")
-        eat(rf"(?:{TOK}(?:, | and )?)+ (?:is|are) set aside \(see anomalies\): the other tokens range from (?P<lo>{NUM}) to (?P<hi>{NUM})", aside)
+        eat(rf"Below, (?:{TOK}(?:, | and )?)+ (?:is|are) left out(?: \(see anomalies\))? and the other tokens are compared on their own range, (?P<lo>{NUM}) to (?P<hi>{NUM})", aside)
+
+        def pale(m):
+            self.expect(close(m.group("lo"), self.lo) and close(m.group("hi"), self.hi), "range of the other cells")
+            self.expect(self.aside.any() and self.span < 0.25 * (np.nanmax(self.figure) - np.nanmin(self.figure)), "pale")
+        eat(rf"The other cells lie between (?P<lo>{NUM}) and (?P<hi>{NUM}), a small part of the figure's scale", pale)
 
         # bands
         bands: list[tuple[int, int, str]] = []
@@ -274,7 +424,7 @@ class Reader:
             spikes = self.stands[a:b + 1][:, self.kept].mean()
             self.expect(0 < spikes <= 0.25, f"band {a}-{b} called sparse with {spikes:.0%} of cells standing out")
             self.expect(close(m.group(5), cells_v.mean()), f"band {a}-{b}: mean")
-        eat(LAYERS + rf" (?:is|are) sparse: (\d+)% of (?:its|their) cells are low \(below ({NUM})\) and a few tokens spike \(mean ({NUM})\)", sparse)
+        eat(r"In " + LAYERS + rf" most (?:tokens get little attention|cells are low) \((\d+)% of the cells below ({NUM})\) and a few stand out \(mean ({NUM})\)", sparse)
 
         def differentiating(m):
             a, b = self.rows(m.group(1), m.group(2))
@@ -294,7 +444,7 @@ class Reader:
                 if m.group("more"):
                     n_high = int(np.sum(means[self.kept] >= HIGH - 1e-9))
                     self.expect(int(m.group("more")) == n_high - 4, "count of other high tokens")
-        eat(r"In " + LAYERS + rf" the tokens differentiate: (\d+)% of the cells are high \(above ({NUM})\), (\d+)% low \(below ({NUM})\) and the rest in between \(mean ({NUM})\)\.(?: (?P<high>(?:{TOK}(?:, | and )?)+?)(?:,? and (?P<more>\d+) other tokens)? stays? high(?: on average)?\.)?", differentiating)
+        eat(r"In " + LAYERS + rf" the tokens spread out: (\d+)% of the cells are high \(above ({NUM})\), (\d+)% low \(below ({NUM})\), the rest in between \(mean ({NUM})\)\.(?: (?P<high>(?:{TOK}(?:, | and )?)+?)(?:,? and (?P<more>\d+) other tokens)? stays? high(?: on average)?\.)?", differentiating)
 
         if bands:
             bands.sort()
@@ -311,6 +461,13 @@ class Reader:
             rho = np.corrcoef(np.arange(len(means)), ranks)[0, 1]
             self.expect(rho >= 0.8 if m.group(1) == "rises" else rho <= -0.8, f"trend {m.group(1)} but rho = {rho:.2f}")
         eat(rf"(?:Overall the|The) layer mean (rises|falls) with depth, from ({NUM}) at layer (\d+) to ({NUM}) at layer (\d+)", trend)
+
+        def trend_lead(m):
+            means = self.layer_means[~np.isnan(self.layer_means)]
+            ranks = np.argsort(np.argsort(means, kind="stable"), kind="stable")
+            rho = np.corrcoef(np.arange(len(means)), ranks)[0, 1]
+            self.expect(rho >= 0.8 if m.group(1) == "rises" else rho <= -0.8, f"trend {m.group(1)} but rho = {rho:.2f}")
+        eat(r"The layer mean (rises|falls) with depth\.", trend_lead)
 
         def highest(m):
             stated = re.findall(rf"(\d+) \(({NUM})\)", m.group(1))
@@ -333,12 +490,20 @@ class Reader:
         eat(r"^- " + LAYERS + r": (?P<items>.*?)(?:, and (?P<more>\d+) more tokens?)?\.$", bullet, re.M)
 
         def most(m):
-            t = self.check_peak(m.group(2), m.group(3), m.group(4), m.group(5))
+            t = self.check_peak_at(m.group(2), m.group(3))
             skip = self.anomalies() if m.group(1).startswith("Apart") else set()
             best = max(self.contrast[self.peak_row(x), x] for x in range(self.n_tokens)
                        if self.kept[x] and x not in skip and self.valid[:, x].any() and self.stands[self.peak_row(x), x])
             self.expect(self.contrast[self.row(m.group(3)), t] >= best - 1e-9, f"{m.group(2)} is not the token that stands out most")
-        eat(rf"(Apart from the anomalies, the|The) token that stands out most is ({TOK}) at layer (\d+) \(({NUM}) against a median of ({NUM})\)", most)
+        eat(rf"(Apart from the anomalies, the|The) token that stands out most is ({TOK}), at layer (\d+)()()\.", most)
+
+        def run_lead(m):
+            (t,) = self.token(m.group(1))[:1] or [0]
+            a, b = self.longest_run(t)
+            best = max((lambda r: r[1] - r[0] + 1)(self.longest_run(x)) for x in range(self.n_tokens)
+                       if self.kept[x] and x not in self.anomalies())
+            self.expect(int(m.group(2)) == b - a + 1 == best, f"{m.group(1)}: its run is not the longest ({m.group(2)})")
+        eat(rf"({TOK}) stays above the others for (\d+) layers\.", run_lead)
         eat(rf"({TOK}) stays clearly above the other tokens from layer (\d+) to (\d+) \(mean ({NUM}) against a median of ({NUM})\)",
             lambda m: self.check_run(m.group(1), m.group(2), m.group(3), m.group(4), m.group(5)))
         def longest(m):
@@ -359,10 +524,14 @@ class Reader:
 
         # observations
         def structure(m):
-            for kind, first, last in re.findall(r"(uniformly high|uniformly low|uniformly medium|sparse|differentiating) at layers? (\d+)(?:–(\d+))?", m.group(0)):
+            words = {"uniformly high": "uniform-high", "uniformly low": "uniform-low", "uniformly medium": "uniform-medium",
+                     "mostly low with a few peaks": "sparse", "spread out": "differentiating"}
+            for kind, first, last in re.findall(r"(uniformly high|uniformly low|uniformly medium|mostly low with a few peaks|spread out) at layers? (\d+)(?:–(\d+))?", m.group(0)):
                 key = (int(first), int(last or first))
-                self.expect(band_kinds.get(key) == kind.replace("uniformly ", "uniform-"), f"observation names band {key} {kind}")
-            if m.group("n"):
+                self.expect(band_kinds.get(key) == words[kind], f"observation names band {key} {kind}")
+            if m.group("more"):
+                self.expect(int(m.group("more")) == len(bands) - 5, "number of bands")
+            if False:
                 self.expect(int(m.group("n")) == len(bands), "number of bands")
                 widest = max(b - a + 1 for a, b, _ in bands)
                 named = re.search(r"the widest being .*? at layers? (\d+)(?:–(\d+))?", m.group(0))
@@ -373,7 +542,7 @@ class Reader:
                 first_non_uniform = next(a for a, b, k in bands if not k.startswith("uniform"))
                 self.expect(r == first_non_uniform, "tokens begin to differ")
                 self.expect(all(k.startswith("uniform") for a, b, k in bands if a < r), "onset after uniform bands only")
-        eat(r"From the bottom up(?::|, the figure passes through (?P<n>\d+) bands)[^\n]*?(?:; tokens begin to differ at layer (?P<onset>\d+))?\.$", structure, re.M)
+        eat(r"From the bottom up the layers are [^\n]*?(?:, and (?P<more>\d+) more bands)?(?:; tokens begin to differ at layer (?P<onset>\d+))?\.(?= |$)", structure, re.M)
 
         def late(m):
             cut = self.row(m.group(3))
@@ -397,15 +566,19 @@ class Reader:
             self.expect(close(m.group("median"), np.nanmedian(others)), "median of the other tokens")
             if "special token" in m.group(0) or "chat-template token" in m.group(0):
                 self.expect(self.special[t], f"{m.group(1)} called special")
-        eat(rf"({TOK})(?:, a (?:special|chat-template) token,)? (?:dominates the figure: it has the highest value|is an attention sink: it receives the most attention) at (?P<k>\d+) of the (?P<n>\d+) layers(?:, with a mean of | \(mean )(?P<mean>{NUM}) against a median of (?P<median>{NUM}) for the other tokens", dominant)
+        eat(rf"({TOK})(?:, a (?:special|chat-template) token,)? has the highest value at (?P<k>\d+) of the (?P<n>\d+) layers, with a mean of (?P<mean>{NUM}) against a median of (?P<median>{NUM}) for the other tokens", dominant)
+        eat(rf"({TOK}) dominates the figure; the other tokens are described on their own range", lambda m: self.expect(
+            all(t in self.dominant_rule() for t in self.token(m.group(1))), f"{m.group(1)} is said to dominate"))
 
         def profile(m):
-            ts = self.token(m.group(1))
-            idx, typical, nearest = self.nearest_other()
+            ts = self.tokens(m.group(1))
+            idx, typical, nearest = self.to_typical()
             for t in ts:
                 d = nearest[list(idx).index(t)] if t in idx else 0
-                self.expect(d > max(0.15, 3 * typical), f"{self.labels[t]} said unlike any other token (distance {d:.2f}, typical {typical:.2f})")
+                self.expect(d > max(0.15, 3 * typical), f"{self.labels[t]} said unlike the others (distance {d:.2f}, typical {typical:.2f})")
             t = ts[0] if ts else 0
+            if not m.group("dir"):
+                return
             first = m.group("at") or m.group("first")
             last = m.group("at") or m.group("last")
             a, b = self.row(first), self.row(last)
@@ -421,8 +594,9 @@ class Reader:
                 self.expect(close(m.group("mean"), np.nanmean(self.v[a:b + 1, t])), "anomaly mean")
                 self.expect(close(m.group("median"), np.nanmean(self.median[a:b + 1])), "anomaly median")
         tail = rf"(?:at layer (?P<at>\d+)|from layer (?P<first>\d+) to (?P<last>\d+))"
-        eat(rf"({TOK}) (?:has|have) a depth profile unlike any other token's: {tail} (?:it stays|they stay) (?P<dir>above|below) the other tokens \(mean (?P<mean>{NUM}) against a median of (?P<median>{NUM})\)", profile)
-        eat(rf"({TOK}) (?:behaves|behave) unlike any other token: (?:it stays|they stay) (?P<dir>above|below) the other tokens {tail}(?P<mean>)(?P<median>)", profile)
+        toks = rf"((?:{TOK}(?:, | and )?)+?)"
+        eat(rf"{toks} (?:has|share) a depth profile unlike the other tokens': {tail} (?:it stays|they stay) (?P<dir>above|below) the others \(mean (?P<mean>{NUM}) against a median of (?P<median>{NUM})\)", profile)
+        eat(rf"{toks} (?:has|share) a depth profile unlike the other tokens'\.(?P<dir>)(?P<at>)(?P<first>)(?P<last>)(?P<mean>)(?P<median>)", profile)
 
         def no_anomaly(m):
             self.expect(not self.dominant_rule(), "a token dominates but the summary says none")
@@ -435,10 +609,182 @@ class Reader:
         def nothing_stands_out(m):
             self.expect(not self.stands[:, self.kept].any(), "a token stands out but the summary says none")
         eat(r"No token stands out from the other tokens of its layer[^.]*?at any layer", nothing_stands_out)
+        eat(r"No token stands out from the others at any layer", nothing_stands_out)
 
         def flat(m):
             self.expect(np.nanmin(self.v) == np.nanmax(self.v) and close(m.group(1), np.nanmin(self.v)), "constant")
         eat(rf"Every cell(?: with a value)? has the same value, ({NUM})", flat)
+
+        # known phenomena, re-derived from the raw values with the documented rules
+        def spans_of(rows) -> list[tuple[int, int]]:
+            out, start = [], None
+            rows = sorted(int(r) for r in rows)
+            for i, r in enumerate(rows):
+                if start is None:
+                    start = r
+                if i + 1 == len(rows) or rows[i + 1] != r + 1:
+                    out.append((self.layers[start], self.layers[r]))
+                    start = None
+            return out
+
+        def stated_spans(text: str) -> list[tuple[int, int]]:
+            return [(int(a), int(b or a)) for a, b in re.findall(r"layers? (\d+)(?:–(\d+))?", text)]
+
+        def sink(m):
+            (t,) = self.token(m.group("tok"))[:1] or [None]
+            if t is None or t not in self.sinks:
+                self.fail(f"{m.group('tok')} is called an attention sink but is not one")
+                return
+            rows = self.sinks[t][0]
+            x = self.raw[rows, t]
+            self.expect(int(m.group("k")) == len(rows) and int(m.group("n")) == self.n_layers, "sink layer count")
+            self.expect(close(m.group("lo"), x.min()) and close(m.group("hi"), x.max()) and close(m.group("mean"), x.mean()), "sink shares")
+            meds = [np.median([self.raw[r, u] for u in range(self.n_tokens) if u not in self.edge]) for r in rows]
+            self.expect(close(m.group("med"), np.mean(meds)), "sink median")
+            self.expect(stated_spans(m.group("spans")) == spans_of(rows), "sink layers")
+            role = m.group("role") or ""
+            self.expect(("first" not in role or t == 0) and ("special" not in role or self.special[t]), "sink role")
+        eat(rf"(?P<tok>{TOK})(?P<role>, (?:the first|a whitespace|a delimiter|a special) token,)? takes (?P<lo>{NUM})–(?P<hi>{NUM}) of the attention at (?P<k>\d+) of the (?P<n>\d+) layers \((?P<spans>[^;]+); mean (?P<mean>{NUM}), against a layer median of (?P<med>{NUM})\)\.", sink)
+
+        def sink_lead(m):
+            for ref in re.finditer(rf"({TOK})(?: at {LAYERS}| through most of the depth)?", m.group(0)):
+                (t,) = self.token(ref.group(1))[:1] or [None]
+                if t not in self.sinks:
+                    self.fail(f"{ref.group(1)} is called an attention sink but is not one")
+                    continue
+                rows = self.sinks[t][0]
+                if ref.group(2):
+                    self.expect((int(ref.group(2)), int(ref.group(3) or ref.group(2))) == (self.layers[rows[0]], self.layers[rows[-1]]), "sink range")
+                elif "through most" in ref.group(0):
+                    self.expect(len(rows) >= 0.6 * self.n_layers, "sink through most of the depth")
+        eat(rf"{TOK} is an attention sink(?: through most of the depth| at {LAYERS})(?:,? (?:and )?{TOK} at {LAYERS})*\.", sink_lead)
+
+        def strongest(t):
+            runs = self.massive[t]["runs"]
+            first, last = max(runs, key=lambda r: np.nanmax(self.raw[r[0]:r[1] + 1, t]))
+            peak = first + int(np.nanargmax(self.raw[first:last + 1, t]))
+            return first, last, peak
+
+        def massive(m):
+            (t,) = self.token(m.group("tok"))[:1] or [None]
+            if t not in self.massive:
+                self.fail(f"{m.group('tok')} is said to carry a massive activation but does not")
+                return
+            first, last, peak = strongest(t)
+            ratio = self.massive[t]["ratio"]
+            named = m.groupdict()
+            stated_peak = named.get("peak") or named.get("peak2")
+            self.expect(close(stated_peak, self.raw[peak, t]) and self.row(m.group("pl")) == peak, "massive peak")
+            if named.get("pl2"):
+                self.expect(self.row(m.group("pl2")) == peak and first == 0, "massive from the first layer")
+            self.expect(close(m.group("ratio"), ratio[peak]), "massive ratio")
+            if m.group("onset"):
+                self.expect(self.row(m.group("onset")) == first and close(m.group("before"), self.raw[first - 1, t]), "massive onset")
+            if m.group("end"):
+                plateau = [r for r in range(first, last + 1) if self.raw[r, t] >= 0.5 * self.raw[peak, t]]
+                self.expect(self.row(m.group("end")) == plateau[-1], "massive plateau")
+            if m.group("lv"):
+                self.expect(close(m.group("lv"), self.raw[-1, t]) and self.row(m.group("ll")) == self.n_layers - 1, "last value")
+            if m.group("spans"):
+                self.expect(stated_spans(m.group("spans")) == [(self.layers[a], self.layers[b]) for a, b in self.massive[t]["runs"]], "writes")
+        eat(rf"(?P<tok>{TOK}) (?:jumps from (?P<before>{NUM}) to (?P<peak>{NUM}) at layer (?P<onset>\d+)|reaches (?P<peak2>{NUM}) at layer (?P<pl2>\d+)), (?P<ratio>{NUM})x the layer's median at layer (?P<pl>\d+), stays above half of that up to layer (?P<end>\d+)(?: and is down to (?P<lv>{NUM}) at layer (?P<ll>\d+))?\.(?P<spans>)", massive)
+        eat(rf"The (?:MLP|attention sublayer) writes (?P<peak>{NUM}) into (?P<tok>{TOK}) at layer (?P<pl>\d+), (?P<ratio>{NUM})x the layer's median(?:; it writes at least 10x the median into it at (?P<spans>[^.]+))?\.(?P<onset>)(?P<before>)(?P<end>)(?P<lv>)(?P<ll>)", massive)
+
+        def massive_lead(m):
+            (t,) = self.token(m.group(1))[:1] or [None]
+            if t not in self.massive:
+                self.fail(f"{m.group(1)} is said to carry a massive activation but does not")
+                return
+            first, last, peak = strongest(t)
+            self.expect(close(m.group(2), self.massive[t]["ratio"][peak]) and self.row(m.group(3)) == peak, "massive lead")
+            if m.group(4):
+                self.expect(int(m.group(4)) == len(self.massive) - 1, "other massive tokens")
+        eat(rf"({TOK}) carries a massive activation: ({NUM})x the layer's median at layer (\d+)(?:, and (\d+) other tokens? at least 10x)?\.", massive_lead)
+
+        def edge(m):
+            k = int(m.group("k"))
+            self.expect(k == int(m.group("k2")) == len(self.edge), "edge size")
+            ends = [self.token(m.group("a"))[:1], self.token(m.group("b"))[:1]]
+            self.expect(ends == [[self.edge[0]], [self.edge[-1]]], "edge positions")
+        eat(rf"The (?:last|first) (?P<k>\d+) positions \((?P<a>{TOK}) to (?P<b>{TOK})\) (?:are seen by|can see only themselves and the tokens before them,) (?P<k2>\d+) or fewer", edge)
+        eat(r"What follows leaves these (\d+) cells out", lambda m: self.expect(int(m.group(1)) == int(self.aside.sum()), f"{int(self.aside.sum())} cells are left out, not {m.group(1)}"))
+        eat(r"^- \*[A-Z][a-z ]+\*(?: \([^)]*\))?: ", lambda m: None, re.M)
+
+        # when lens predictions settle
+        rank = self.metric == "logit-lens-rank"
+
+        def settled(t) -> int | None:
+            col = self.raw[:, t]
+            if math.isnan(col[-1]):
+                return None
+            held = [not math.isnan(x) and (x <= 1 + 1e-6 if rank else x >= 0.5) for x in col]
+            if not held[-1]:
+                return None
+            r = self.n_layers - 1
+            while r > 0 and held[r - 1]:
+                r -= 1
+            return r
+
+        positions = [t for t in range(self.n_tokens) if not math.isnan(self.raw[-1, t])]
+        settle = {t: settled(t) for t in positions}
+        done = sorted((r, t) for t, r in settle.items() if r is not None)
+
+        def drop(t):
+            top = self.n_layers - max(1, self.n_layers // 3)
+            seg = np.nan_to_num(self.raw[top:, t], nan=-np.inf)
+            p = top + int(np.argmax(seg))
+            return p, self.raw[p, t] - self.raw[-1, t]
+
+        drops = [t for t in positions if not rank and self.n_layers >= 3 and drop(t)[1] >= 0.3 - 1e-9]
+        lower_median = self.layers[done[(len(done) - 1) // 2][0]] if done else None
+
+        def lens_lead(m):
+            self.expect(int(m.group("median")) == lower_median, f"median settling layer {lower_median}")
+            third = max(1, self.n_layers // 3)
+            row = self.row(m.group("median"))
+            where = "late" if row >= self.n_layers - third else "early" if row < min(third, self.n_layers - 1) else "midway"
+            self.expect(m.group("when") == where, f"settle {m.group('when')} but {where}")
+            if m.group("never"):
+                self.expect(int(m.group("never")) == len(positions) - len(done) and int(m.group("n")) == len(positions), "unsettled count")
+            self.expect(int(m.group("drops") or 0) == len(drops), "late drops count")
+        eat(rf"Predictions settle (?P<when>late|early|midway), at layer (?P<median>\d+) in the median(?:; (?P<never>\d+) of the (?P<n>\d+) positions end (?:below 0\.5|outside rank 1))?(?:, and (?P<drops>\d+) falls? back in the last layers)?\.", lens_lead)
+        eat(r"No prediction settles: none of the (\d+) holds", lambda m: self.expect(not done and int(m.group(1)) == len(positions), "nothing settles"))
+        eat(r"None of the (\d+) predictions reaches (?:rank 1|0\.5) and holds it to layer (\d+)", lambda m: self.expect(not done and int(m.group(1)) == len(positions), "nothing settles"))
+        eat(r"(\d+) of the (\d+) predictions reach (?:rank 1|0\.5) and hold it to layer (\d+)", lambda m: self.expect(
+            int(m.group(1)) == len(done) and int(m.group(2)) == len(positions) and self.row(m.group(3)) == self.n_layers - 1, "settled count"))
+
+        def earliest(m):
+            stated = [(self.token(a)[:1], int(b)) for a, b in re.findall(rf"({TOK}) from layer (\d+)", m.group(1))]
+            for (ts, layer), (r, t) in zip(stated, done):
+                self.expect(ts == [t] or settle.get(ts[0] if ts else -1) == r, f"earliest settling: {self.labels[t]}")
+                self.expect(ts and settle.get(ts[0]) is not None and self.layers[settle[ts[0]]] == layer, "settling layer")
+        eat(rf"The earliest: ((?:{TOK} from layer \d+(?:; )?)+)\.", earliest)
+
+        def last_only(m):
+            for t in self.tokens(m.group(1)):
+                self.expect(settle.get(t) == self.n_layers - 1, f"{self.labels[t]} does not settle only at the last layer")
+            if m.group(2):
+                n_last = sum(1 for r, _ in done if r == self.n_layers - 1)
+                self.expect(int(m.group(2)) == n_last - len(self.tokens(m.group(1))), "others at the last layer")
+        eat(rf"Only at the last layer: ((?:{TOK}(?:, | and )?)+?)(?:,? and (\d+) others)?\.", last_only)
+
+        def late_drop(m):
+            (t,) = self.token(m.group(1))[:1] or [None]
+            if t not in drops:
+                self.fail(f"{m.group(1)} is said to fall back but does not")
+                return
+            p, fall = drop(t)
+            self.expect(close(m.group(2), self.raw[p, t]) and self.row(m.group(3)) == p, "drop peak")
+            self.expect(close(m.group(4), self.raw[-1, t]) and self.row(m.group(5)) == self.n_layers - 1, "drop end")
+        eat(rf"({TOK}) falls from ({NUM}) at layer (\d+) to ({NUM}) at layer (\d+)\.", late_drop)
+        eat(r"(\d+) more fall by 0\.3 or more", lambda m: self.expect(int(m.group(1)) == len(drops) - 4, "more drops"))
+
+        # interpretation: what it names must be what the phenomena found
+        eat(r"A first-token sink is how causal models", lambda m: self.expect(0 in self.sinks, "first-token sink"))
+        eat(rf"((?:{TOK}(?:, | and )?)+) (?:is a sink|are sinks) away from the first position", lambda m: self.expect(
+            all(t in self.sinks and t != 0 for t in self.tokens(m.group(1))), "sinks away from the first position"))
+        eat(rf"act as attention sinks, so ((?:{TOK}(?:, | and )?)+) likely", lambda m: self.expect(
+            all(t in self.massive for t in self.tokens(m.group(1))), "massive tokens"))
 
         # what remains must state nothing: no number, no token
         rest = re.sub(r"0–1|^\d+\. ", " ", consumed, flags=re.M)
@@ -448,9 +794,10 @@ class Reader:
         return self.problems
 
 
-def check_summary(text: str, values, layers, labels, raw=None, special=None, kinds=None, model=None) -> int:
+def check_summary(text: str, values, layers, labels, raw=None, special=None, kinds=None, model=None,
+                  metric=None, causal=True) -> int:
     """Assert that every claim of `text` holds for `values`; return how many facts were checked."""
-    reader = Reader(text, values, layers, labels, values if raw is None else raw, special, kinds, model)
+    reader = Reader(text, values, layers, labels, values if raw is None else raw, special, kinds, model, metric, causal)
     problems = reader.check()
     assert not problems, "the summary says what the numbers do not show:\n- " + "\n- ".join(problems) + "\n\n" + text
     return reader.checked

@@ -25,7 +25,7 @@ from planted import SPIKE, planted, recovered_bands
 RENDERER = Renderer()
 
 
-def make(values, tokens=None, layers=None, metric="attention", model="tiny/model", special=None, kinds=None):
+def make(values, tokens=None, layers=None, metric="update", model="tiny/model", special=None, kinds=None):
     values = np.asarray(values, dtype=np.float64)
     n_layers, n_tokens = values.shape
     return Heatmap(
@@ -42,7 +42,7 @@ def make(values, tokens=None, layers=None, metric="attention", model="tiny/model
 def summarize(heatmap: Heatmap, normalize: str = "none", check: bool = True):
     """Findings and Markdown for the figure `normalize` gives; the text's claims are checked against the matrix."""
     values = heatmap.normalized(normalize)
-    findings = analyze(heatmap, values, heatmap.tokens)
+    findings = analyze(heatmap, values, heatmap.tokens, normalize)
     text = RENDERER.narrative.markdown(heatmap, findings, normalize)
     if check:
         check_summary(text, values, heatmap.layers, heatmap.tokens, raw=heatmap.values, special=[
@@ -88,8 +88,8 @@ def test_seed_like_figure_reads_like_the_expert():
     assert findings.tokens[truth["D"]].sustained == (23, 31)
     assert findings.tokens[0].sustained == (16, 27)  # A: above the others once they drop, up to 27
     assert "Layers 1–15 are uniformly high" in text
-    assert "In layers 16–20 the tokens differentiate" in text and "`A`" in text
-    assert "Layers 21–35 are sparse" in text
+    assert "In layers 16–20 the tokens spread out" in text and "`A`" in text
+    assert "In layers 21–35 most cells are low" in text
     assert "tokens begin to differ at layer 16" in text
     assert "`D` stays clearly above the other tokens from layer 23 to 31" in text
 
@@ -128,7 +128,7 @@ def test_peak_is_where_the_token_stands_out_not_its_raw_maximum():
     findings, text = summarize(make(v))
     assert findings.tokens[3].peak_layer == 10 and findings.tokens[3].stands_out
     assert findings.tokens[3].peak_value == pytest.approx(0.7)
-    assert "`w3` at layer 10 (0.70 against a median of 0.05)" in text
+    assert "`w3` at layer 10 (0.70 against a median of 0.050)" in text
 
 
 def test_sustained_runs_need_a_few_layers():
@@ -150,7 +150,7 @@ def test_token_with_a_profile_unlike_any_other_is_an_anomaly():
     v[:, 8] = np.linspace(0.9, 0.1, 24)  # one falls
     findings, text = summarize(make(v))
     assert [a.indices for a in findings.profile_anomalies] == [[8]]
-    assert "`w8` has a depth profile unlike any other token's" in text
+    assert "`w8` has a depth profile unlike the other tokens'" in text
     assert "The layer mean rises with depth" in text
 
 
@@ -162,7 +162,7 @@ def test_repeats_of_an_odd_piece_are_reported_together():
     findings, text = summarize(make(v, tokens=tokens))
     (anomaly,) = findings.profile_anomalies
     assert anomaly.indices == [16, 17] and anomaly.run == (25, 30) and anomaly.direction == "above"
-    assert "`yin` (positions 16 and 17) have a depth profile unlike any other token's" in text
+    assert "`yin` (positions 16 and 17) share a depth profile unlike the other tokens'" in text
 
 
 def test_attention_sink_is_set_aside_and_the_rest_still_analysed():
@@ -175,8 +175,8 @@ def test_attention_sink_is_set_aside_and_the_rest_still_analysed():
     findings, text = summarize(heatmap, "global")
     assert findings.set_aside == [0] and findings.dominant[0].special
     assert recovered_bands(findings.bands, p.bands, tolerance=0)
-    assert "`<|im_start|>` is set aside" in text
-    assert "an attention sink" in text and "a special token" in text
+    assert "`<|im_start|>` is left out" in text
+    assert "dominates the figure" in text and "a special token" in text
     assert findings.tokens[0].set_aside and 0 not in [h.index for h in findings.highlights]
 
 
@@ -184,7 +184,7 @@ def test_no_attention_sink_wording_for_other_metrics():
     v = np.full((10, 8), 0.1)
     v[:, 0] = 5.0
     _, text = summarize(make(v, metric="hidden-norm"))
-    assert "dominates the figure" in text and "attention sink" not in text
+    assert "carries a massive activation" in text and "is an attention sink" not in text
 
 
 # -- the property: random planted structures are recovered --------------------------------------------------
@@ -423,9 +423,9 @@ def test_page_summary_has_the_sections(tmp_path):
     findings = analyze(heatmap, heatmap.normalized("global"), heatmap.tokens)
     page = RENDERER.summary(heatmap, findings, "global")
     assert page.startswith('<div class="layerheat-summary">')
-    for section in ("What is plotted.", "Trend by depth.", "Token highlights.", "Key observations.", "Anomalies."):
+    for section in ("What is plotted.", "Trend by depth.", "Token highlights.", "Interpretation."):
         assert f"<strong>{section}</strong>" in page
-    assert "<ol>" in page and "<ul>" in page
+    assert "<ul>" in page
 
 
 def test_user_template_overrides_the_summary(tmp_path):
@@ -439,9 +439,9 @@ def test_user_template_overrides_the_summary(tmp_path):
 def test_observations_are_ranked_sentences():
     heatmap, _ = seed_like(np.random.default_rng(7))
     findings = analyze(heatmap, heatmap.normalized("global"), heatmap.tokens)
-    sentences = RENDERER.narrative.observations(heatmap, findings, "global")
+    sentences = RENDERER.narrative.sentences(heatmap, findings, "global")["observations"]
     assert 1 <= len(sentences) <= 5 and all(s.endswith(".") and "\n" not in s for s in sentences)
-    assert sentences[0].startswith("From the bottom up: uniformly high at layers 1–15")
+    assert sentences[0].startswith("From the bottom up the layers are uniformly high at layers 1–15")
     scores = [o.score for o in findings.observations]
     assert scores == sorted(scores, reverse=True)
 
@@ -475,7 +475,7 @@ def test_every_claim_holds_on_the_demo_model_for_every_metric(demo_heatmaps, nor
     for metric, heatmap in demo_heatmaps.items():
         values = heatmap.normalized(normalize)
         labels = display_labels(heatmap.tokens)
-        findings = analyze(heatmap, values, labels)
+        findings = analyze(heatmap, values, labels, normalize)
         text = RENDERER.narrative.markdown(heatmap, findings, normalize)
         checked += check_summary(text, values, heatmap.layers, labels, raw=heatmap.values,
                                  special=[k in ("special", "template") for k in heatmap.kinds],

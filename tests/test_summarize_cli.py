@@ -32,8 +32,8 @@ def test_markdown_summary_of_a_minimal_file(tmp_path):
     result = run(path)
     assert result.exit_code == 0, result.output
     text = result.output
-    assert text.startswith("**What is plotted.**") and "**Trend by depth.**" in text
-    assert "Layers 1–6 are uniformly high" in text and "Layers 7–14 are sparse" in text
+    assert text.index("**What is plotted.**") > 0 and "**Trend by depth.**" in text  # the lead comes first
+    assert "Layers 1–6 are uniformly high" in text and "In layers 7–14 most cells are low" in text
     check_summary(text, p.values, list(range(1, 15)), [f"t{i}" for i in range(12)])
 
 
@@ -48,7 +48,7 @@ def test_json_uses_the_files_layer_labels_and_nulls(tmp_path):
     result = run(path, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert set(data) == {"bands", "tokens", "observations", "text"}
+    assert set(data) == {"lead", "phenomena", "highlights", "bands", "tokens", "observations", "text"}
     assert [(b["first_layer"], b["last_layer"], b["kind"]) for b in data["bands"]] == [
         (20, 23, "uniform-low"), (24, 29, "sparse"), (30, 33, "uniform-high")]
     for band in data["bands"]:

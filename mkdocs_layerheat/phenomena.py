@@ -1,0 +1,205 @@
+"""Known phenomena of transformer internals, detected in a heatmap's raw values (numpy only).
+
+Each detector applies a fixed, documented rule (docs/analysis.md, "Known phenomena") to the metric's
+raw values, never to the figure's scaling: an attention share of 0.3 or a norm 10 times the layer's median
+mean the same in every figure. A phenomenon is stated once, by its own sentence; the cells it explains are
+left out of the bands and highlights (`aside`), so that they describe the rest of the figure.
+
+- `attention-sink`: a token taking at least `SINK_SHARE` of the attention (Gu et al. 2024's threshold) and
+  `SINK_FACTOR` times the layer's median, at `min_layers` layers or more (Xiao et al. 2023).
+- `massive-activation`: a token whose norm is at least `MASSIVE_RATIO` times the layer's median over a run
+  of layers (a single layer for a sublayer's write) (Sun et al. 2024).
+- `prediction-converges` and `late-drop`: per position, the layer from which the lens keeps the predicted
+  token at probability 0.5 or more (rank 1) to the last layer, and a fall of `LATE_DROP` or more over the
+  final third of the layers (nostalgebraist 2020; Belrose et al. 2023).
+- `edge-effect`: positions whose value averages over few queries (the end of `attention`) or whose query
+  sees few keys (the start of `attention-entropy`), in a causal model.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SINK_SHARE, SINK_FACTOR = 0.3, 5.0
+MASSIVE_RATIO = 10.0
+CONVERGED_P = 0.5
+LATE_DROP = 0.3
+EDGE_SHARE = 0.02  # the edge: the last (first) max(3, 2% of the tokens) positions
+
+SOURCES = {
+    "attention-sink": "Xiao et al. 2023, StreamingLLM; Gu et al. 2024, When Attention Sink Emerges",
+    "massive-activation": "Sun et al. 2024, Massive Activations in Large Language Models",
+    "prediction-converges": "nostalgebraist 2020, the logit lens; Belrose et al. 2023, the tuned lens",
+    "late-drop": "nostalgebraist 2020; Belrose et al. 2023",
+    "edge-effect": "",
+}
+NORMS = ("hidden-norm", "attn-norm", "mlp-norm")
+LENSES = ("logit-lens", "logit-lens-rank")
+
+
+@dataclass
+class Phenomenon:
+    kind: str  # attention-sink | massive-activation | prediction-converges | late-drop | edge-effect
+    tokens: list[int]
+    layers: tuple[int, int]  # layer labels, first and last
+    value: float  # sink: mean share; massive: peak ratio to the median; converges: final value; drop: the fall
+    data: dict = field(default_factory=dict)
+    cells: list[tuple[int, int]] = field(default_factory=list)  # (row, token) cells this phenomenon explains
+
+    @property
+    def source(self) -> str:
+        return SOURCES[self.kind]
+
+
+def edge_count(n_tokens: int) -> int:
+    return min(n_tokens, max(3, math.ceil(EDGE_SHARE * n_tokens)))
+
+
+def edge_positions(metric: str, n_tokens: int, causal: bool) -> list[int]:
+    """Positions whose value rests on few queries (attention received: the end) or keys (entropy: the start)."""
+    if not causal or n_tokens < 8:
+        return []
+    k = edge_count(n_tokens)
+    if metric == "attention":
+        return list(range(n_tokens - k, n_tokens))
+    if metric == "attention-entropy":
+        return list(range(k))
+    return []
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """Runs of True in a 1-D boolean array, as (first, last) indices."""
+    out, start = [], None
+    for i, on in enumerate(list(flags) + [False]):
+        if on and start is None:
+            start = i
+        elif not on and start is not None:
+            out.append((start, i - 1))
+            start = None
+    return out
+
+
+def _row_medians(raw: np.ndarray, skip: list[int]) -> np.ndarray:
+    keep = np.ones(raw.shape[1], dtype=bool)
+    keep[skip] = False
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row without values has no median
+        return np.nanmedian(raw[:, keep] if keep.any() else raw, axis=1)
+
+
+def sinks(raw: np.ndarray, layers: list[int], edge: list[int]) -> list[Phenomenon]:
+    """Tokens taking at least SINK_SHARE of the attention, and SINK_FACTOR x the layer's median, at enough layers."""
+    n_layers, n_tokens = raw.shape
+    if n_tokens < 4:
+        return []
+    median = _row_medians(raw, edge)
+    x = np.nan_to_num(raw, nan=0.0)
+    on = (x >= SINK_SHARE) & (x >= SINK_FACTOR * median[:, None])
+    on[:, edge] = False
+    need = max(2, math.ceil(n_layers / 10))
+    out = []
+    for t in np.flatnonzero(on.sum(axis=0) >= need):
+        rows = np.flatnonzero(on[:, t])
+        shares = x[rows, t]
+        peak = int(rows[np.argmax(shares)])
+        out.append(Phenomenon(
+            "attention-sink", [int(t)], (layers[rows[0]], layers[rows[-1]]), float(shares.mean()),
+            data={"runs": [(layers[a], layers[b]) for a, b in _runs(on[:, t])], "count": len(rows),
+                  "low": float(shares.min()), "high": float(shares.max()), "peak_layer": layers[peak],
+                  "median": float(np.mean(median[rows]))},
+            cells=[(int(r), int(t)) for r in rows],
+        ))
+    out.sort(key=lambda p: (-p.data["count"], p.tokens[0]))
+    return out
+
+
+def massive(raw: np.ndarray, layers: list[int], single_layer: bool) -> list[Phenomenon]:
+    """Tokens whose value is MASSIVE_RATIO x the layer's median or more over a run of layers (one, for a write)."""
+    n_layers, n_tokens = raw.shape
+    if n_tokens < 4:
+        return []
+    median = _row_medians(raw, [])
+    with np.errstate(all="ignore"):
+        ratio = np.where(median[:, None] > 0, raw / median[:, None], np.nan)
+    on = np.nan_to_num(ratio, nan=0.0) >= MASSIVE_RATIO
+    need = 1 if single_layer else max(3, math.ceil(n_layers / 10))
+    out = []
+    for t in range(n_tokens):
+        runs = [r for r in _runs(on[:, t]) if r[1] - r[0] + 1 >= need]
+        if not runs:
+            continue
+        first, last = max(runs, key=lambda r: float(np.nanmax(raw[r[0]:r[1] + 1, t])))
+        seg = raw[first:last + 1, t]
+        peak = first + int(np.nanargmax(seg))
+        plateau = [first + i for i in np.flatnonzero(seg >= 0.5 * raw[peak, t])]
+        data = {
+            "onset": layers[first], "end": layers[last], "peak_layer": layers[peak], "peak": float(raw[peak, t]),
+            "peak_median": float(median[peak]), "ratio": float(ratio[peak, t]),
+            "plateau": (layers[plateau[0]], layers[plateau[-1]]),
+            "before": float(raw[first - 1, t]) if first > 0 else None,
+            "last_value": float(raw[-1, t]), "last_layer": layers[-1],
+            "runs": [(layers[a], layers[b]) for a, b in runs],
+        }
+        cells = [(int(r), t) for r in np.flatnonzero(np.nan_to_num(ratio[:, t]) >= MASSIVE_RATIO / 2)]  # its decay too
+        out.append(Phenomenon("massive-activation", [t], (layers[first], layers[last]), data["ratio"], data, cells))
+    out.sort(key=lambda p: -p.value)
+    return out
+
+
+def convergence(raw: np.ndarray, layers: list[int], rank: bool) -> list[Phenomenon]:
+    """Per position, the layer from which the lens keeps its prediction (p >= 0.5, or rank 1) to the last layer;
+    and, for probabilities, falls of LATE_DROP or more within the final third of the layers."""
+    n_layers, n_tokens = raw.shape
+    out = []
+    ok = np.nan_to_num(raw, nan=np.inf if rank else -np.inf)
+    held = ok <= 1.0 + 1e-6 if rank else ok >= CONVERGED_P
+    top = n_layers - max(1, n_layers // 3)  # first row of the final third
+    for t in range(n_tokens):
+        if np.isnan(raw[-1, t]):
+            continue
+        if held[-1, t]:
+            r = n_layers - 1
+            while r > 0 and held[r - 1, t]:
+                r -= 1
+            out.append(Phenomenon("prediction-converges", [t], (layers[r], layers[-1]), float(raw[-1, t]),
+                                  data={"before": float(raw[r - 1, t]) if r > 0 else None}))
+        if not rank and n_layers >= 3:
+            seg = np.nan_to_num(raw[top:, t], nan=-np.inf)
+            p = top + int(np.argmax(seg))
+            drop = float(raw[p, t] - raw[-1, t])
+            if drop >= LATE_DROP - 1e-9:
+                out.append(Phenomenon("late-drop", [t], (layers[p], layers[-1]), drop,
+                                      data={"peak": float(raw[p, t]), "last": float(raw[-1, t])}))
+    return out
+
+
+def detect(metric: str, raw: np.ndarray, layers: list[int], causal: bool = True) -> list[Phenomenon]:
+    """Every phenomenon of `raw` (the metric's values, `[layers, tokens]`), edge effect first."""
+    raw = np.asarray(raw, dtype=np.float64)
+    n_layers, n_tokens = raw.shape
+    edge = edge_positions(metric, n_tokens, causal)
+    found = []
+    if edge:
+        found.append(Phenomenon("edge-effect", edge, (layers[0], layers[-1]), float(len(edge)),
+                                data={"where": "end" if metric == "attention" else "start"},
+                                cells=[(r, t) for t in edge for r in range(n_layers)]))
+    if metric == "attention":
+        found += sinks(raw, layers, edge)
+    elif metric in NORMS:
+        found += massive(raw, layers, single_layer=metric != "hidden-norm")
+    elif metric in LENSES:
+        found += convergence(raw, layers, rank=metric == "logit-lens-rank")
+    return found
+
+
+def aside(phenomena: list[Phenomenon], shape: tuple[int, int]) -> np.ndarray:
+    """The cells the phenomena explain (True), left out of bands and highlights."""
+    mask = np.zeros(shape, dtype=bool)
+    for p in phenomena:
+        for r, t in p.cells:
+            mask[r, t] = True
+    return mask

@@ -1,0 +1,210 @@
+"""Known phenomena on planted heatmaps and on the demo model: found with the right tokens and layers, stated
+once, never highlighted, and every claim of the summary checked against the matrix (`claims.py`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from claims import check_summary
+from mkdocs_layerheat.analysis import analyze
+from mkdocs_layerheat.heatmap import Heatmap
+from mkdocs_layerheat.narrative import summary_json
+from mkdocs_layerheat.render import Renderer
+
+RENDERER = Renderer()
+
+
+def make(values, metric, tokens=None):
+    values = np.asarray(values, dtype=np.float64)
+    n_layers, n_tokens = values.shape
+    return Heatmap(values=values, tokens=tokens or [f"w{i}" for i in range(n_tokens)],
+                   layers=list(range(1, n_layers + 1)), metric=metric, model="models/Tiny-LM")
+
+
+def read(heatmap: Heatmap, normalize: str = "global"):
+    values = heatmap.normalized(normalize)
+    findings = analyze(heatmap, values, heatmap.tokens, normalize)
+    text = RENDERER.narrative.markdown(heatmap, findings, normalize)
+    check_summary(text, values, heatmap.layers, heatmap.tokens, raw=heatmap.values, model=heatmap.model)
+    return findings, text, summary_json(heatmap, findings, RENDERER.narrative, normalize)
+
+
+def attention(rng, n_layers=24, n_tokens=30):
+    """Attention received, low and even, with the causal edge: the last positions average few queries."""
+    v = rng.uniform(0.01, 0.05, (n_layers, n_tokens))
+    v[:, -3:] = rng.uniform(0.2, 0.6, (n_layers, 3))
+    return v
+
+
+def test_first_token_and_delimiter_sinks_with_their_depth_profiles():
+    rng = np.random.default_rng(1)
+    v = attention(rng)
+    v[5:24, 0] = rng.uniform(0.5, 0.8, 19)  # the first token from layer 6 up
+    v[3:10, 7] = rng.uniform(0.35, 0.45, 7)  # a second sink at layers 4-10
+    tokens = [f"w{i}" for i in range(30)]
+    tokens[7] = "␣"
+    findings, text, doc = read(make(v, "attention", tokens))
+    sinks = [p for p in doc["phenomena"] if p["kind"] == "attention-sink"]
+    assert [(p["tokens"], p["layers"]) for p in sinks] == [([0], [6, 24]), ([7], [4, 10])]
+    assert "the first token" in text and "a whitespace token" in text
+    assert doc["lead"].startswith("`w0` is an attention sink")
+    assert "Xiao et al. 2023" in text and "Gu et al. 2024" in text
+
+
+def test_edge_effect_is_stated_once_and_never_highlighted():
+    rng = np.random.default_rng(2)
+    findings, text, doc = read(make(attention(rng), "attention"))
+    (edge,) = [p for p in doc["phenomena"] if p["kind"] == "edge-effect"]
+    assert edge["tokens"] == [27, 28, 29]
+    assert text.count("are seen by") == 1
+    assert not {h["index"] for h in doc["highlights"]} & {27, 28, 29}
+
+
+def test_no_edge_effect_for_a_bidirectional_model():
+    rng = np.random.default_rng(2)
+    heatmap = make(attention(rng), "attention")
+    heatmap.provenance["causal"] = False
+    findings = analyze(heatmap, heatmap.normalized("global"), heatmap.tokens, "global")
+    assert not findings.edge
+
+
+def test_massive_activation_onset_plateau_decay_and_ratio():
+    rng = np.random.default_rng(3)
+    v = np.linspace(40, 400, 20)[:, None] * rng.uniform(0.9, 1.1, (20, 16))
+    v[7:17, 0] = 20000.0  # onset at layer 8, plateau to 17
+    v[17:, 0] = [5000.0, 3000.0, 2500.0]
+    findings, text, doc = read(make(v, "hidden-norm"))
+    (p,) = [p for p in doc["phenomena"] if p["kind"] == "massive-activation"]
+    assert p["tokens"] == [0] and p["layers"][0] == 8
+    assert findings.phenomena[0].data["plateau"] == (8, 17)
+    assert 100 < p["value"] < 300
+    assert "Sun et al. 2024" in text and "x the layer's median" in text
+    assert 0 not in {h["index"] for h in doc["highlights"]}
+
+
+def test_layer_scaling_dominated_by_one_token_is_redone_without_it():
+    rng = np.random.default_rng(4)
+    v = rng.uniform(50, 150, (12, 20))
+    v[2:12, 0] = 16000.0
+    v[4, 5] = 400.0  # a real peak among the others
+    findings, text, doc = read(make(v, "hidden-norm"), "layer")
+    assert findings.rescaled and "scaled to 0–1 again without them" in text
+    assert "uniformly low at 0" not in text
+    assert [h["index"] for h in doc["highlights"]][:1] == [5]
+
+
+def test_twin_anomalies_are_reported_together():
+    rng = np.random.default_rng(5)
+    v = np.clip(np.linspace(0.1, 0.9, 24)[:, None] + rng.normal(0, 0.03, (24, 20)), 0, 1)
+    v[:, 3] = v[:, 11] = np.linspace(0.9, 0.1, 24)  # two different tokens share a falling profile
+    findings, text, _ = read(make(v, "update"), "none")
+    (anomaly,) = findings.profile_anomalies
+    assert anomaly.indices == [3, 11]
+    assert "`w3` and `w11` share a depth profile unlike the other tokens'" in text
+
+
+def lens(rng, n_layers=12, n_tokens=10):
+    v = rng.uniform(0.0, 0.05, (n_layers, n_tokens))
+    v[:, -1] = np.nan  # the last position has no next token
+    return v
+
+
+def test_convergence_names_the_prediction_and_its_layer():
+    rng = np.random.default_rng(6)
+    v = lens(rng)
+    v[2:, 1] = 0.9  # w1 -> w2 from layer 3
+    v[9:, 4] = 0.7  # w4 -> w5 from layer 10
+    v[8, 6], v[11, 6] = 0.95, 0.4  # w6 -> w7 falls back at the end
+    findings, text, doc = read(make(v, "logit-lens"))
+    settled = {tuple(p["tokens"]): p["layers"] for p in doc["phenomena"] if p["kind"] == "prediction-converges"}
+    assert settled == {(1,): [3, 12], (4,): [10, 12]}
+    (drop,) = [p for p in doc["phenomena"] if p["kind"] == "late-drop"]
+    assert drop["tokens"] == [6] and drop["layers"] == [9, 12] and drop["value"] == pytest.approx(0.55)
+    assert "`w1` → `w2`: at least 0.5 from layer 3 to 12" in [p["sentence"][:44] for p in doc["phenomena"]]
+    assert "`w6` → `w7` falls from 0.95 at layer 9 to 0.40" in text
+    assert [t["predicts"] for t in doc["tokens"]] == [f"w{i + 1}" for i in range(9)] + [None]
+
+
+def test_rank_convergence():
+    rng = np.random.default_rng(7)
+    v = rng.integers(2, 500, (10, 8)).astype(float)
+    v[4:, 2] = 1
+    findings, text, doc = read(make(v, "logit-lens-rank"), "none")
+    settled = [p for p in doc["phenomena"] if p["kind"] == "prediction-converges"]
+    assert [(p["tokens"], p["layers"]) for p in settled] == [([2], [5, 10])]
+    assert "reach rank 1" in text
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["attention", "hidden-norm", "mlp-norm"]),
+       st.sampled_from(["none", "global", "layer", "token"]))
+def test_property_highlights_never_fall_on_phenomenon_cells(seed, metric, normalize):
+    rng = np.random.default_rng(seed)
+    n_layers, n_tokens = int(rng.integers(6, 20)), int(rng.integers(8, 40))
+    v = attention(rng, n_layers, n_tokens) if metric == "attention" else rng.uniform(50, 200, (n_layers, n_tokens))
+    for t in rng.choice(n_tokens, 2, replace=False):  # plant a phenomenon on two tokens over a run of layers
+        first = int(rng.integers(0, n_layers - 3))
+        v[first:, t] = rng.uniform(0.4, 0.9) if metric == "attention" else rng.uniform(3000, 30000)
+    for r in rng.integers(0, n_layers, 3):  # and a few real peaks
+        v[r, rng.integers(0, n_tokens)] *= 3
+    heatmap = make(v, metric)
+    findings, _, doc = read(heatmap, normalize)
+    explained = {(r, t) for p in findings.phenomena for r, t in p.cells}
+    for h in doc["highlights"]:
+        assert (heatmap.layers.index(h["layer"]), h["index"]) not in explained
+
+
+# -- the demo model --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo():
+    from mkdocs_layerheat import models
+    from mkdocs_layerheat.extract import extract
+
+    path = Path(__file__).resolve().parent.parent / ".models" / "SmolLM2-135M-Instruct"
+    if not (path / "config.json").is_file():
+        pytest.fail(f"the demo model is missing at {path}: run `make model` (make test does)")
+    loaded = models.load(models.resolve(str(path)))
+    arithmetic = "A and B = 8 + 5 = 13. The correct choice is (D) 13. The final answer is \\boxed{(D)}"
+    paris = "The Eiffel Tower is located in the city of Paris. It was built in 1889 for the World's Fair."
+    return {**extract(loaded, arithmetic, ["attention", "hidden-norm"]), "logit-lens": extract(loaded, paris, ["logit-lens"])["logit-lens"]}
+
+
+def demo_json(heatmap):
+    from mkdocs_layerheat.render import display_labels
+
+    labels = display_labels(heatmap.tokens, heatmap.token_bytes)
+    findings = analyze(heatmap, heatmap.normalized("global"), labels, "global")
+    return labels, summary_json(heatmap, findings, RENDERER.narrative, "global")
+
+
+def test_demo_sinks_and_massive_activation_are_the_first_token(demo):
+    _, doc = demo_json(demo["attention"])
+    sinks = {p["tokens"][0]: p["layers"] for p in doc["phenomena"] if p["kind"] == "attention-sink"}
+    assert 0 in sinks and sinks[0][1] == 30 and sinks[0][0] <= 5
+    _, doc = demo_json(demo["hidden-norm"])
+    (massive,) = [p for p in doc["phenomena"] if p["kind"] == "massive-activation"]
+    assert massive["tokens"] == [0] and massive["layers"][0] == 12 and massive["value"] > 100
+    assert doc["lead"] and len(doc["lead"].split()) <= 60
+    assert "SmolLM2-135M-Instruct" in doc["text"] and ".models" not in doc["text"]
+
+
+def test_demo_logit_lens_credits_the_right_token(demo):
+    heatmap = demo["logit-lens"]
+    labels, doc = demo_json(heatmap)
+    paris = labels.index("Paris")
+    assert doc["tokens"][paris - 1]["predicts"] == "Paris"
+    final = heatmap.values[-1]
+    for p in doc["phenomena"]:
+        if p["kind"] == "prediction-converges":
+            (t,) = p["tokens"]
+            assert final[t] >= 0.5 and p["sentence"].startswith(f"`{labels[t]}`") and "→" in p["sentence"]
+    sentences = [s for s in doc["text"].replace("\n", " ").split(". ") if s]
+    assert len(sentences) == len(set(sentences))
+    json.dumps(doc)
