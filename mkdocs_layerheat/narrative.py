@@ -244,7 +244,8 @@ class Narrative:
 
         observations = f.observations
         lead = observations[:1] + [o for o in observations[1:2] if o.kind != "run" and not (
-            o.kind == "structure" and len(f.bands) > 4) and not (lens_metric and o.kind == "sink")]
+            o.kind == "structure" and len(f.bands) > 4) and not (lens_metric and o.kind == "sink")
+            and not (o.kind == "trend" and normalize == "layer")]
         third = max(1, f.n_layers // 3)
         return {
             "f": f,

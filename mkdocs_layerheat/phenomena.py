@@ -137,7 +137,7 @@ def massive(raw: np.ndarray, layers: list[int], single_layer: bool) -> list[Phen
         peak = first + int(np.nanargmax(seg))
         plateau = [first + i for i in np.flatnonzero(seg >= 0.5 * raw[peak, t])]
         data = {
-            "onset": layers[first], "end": layers[last], "peak_layer": layers[peak], "peak": float(raw[peak, t]),
+            "onset": layers[first], "onset_value": float(raw[first, t]), "end": layers[last], "peak_layer": layers[peak], "peak": float(raw[peak, t]),
             "peak_median": float(median[peak]), "ratio": float(ratio[peak, t]),
             "plateau": (layers[plateau[0]], layers[plateau[-1]]),
             "before": float(raw[first - 1, t]) if first > 0 else None,

@@ -673,8 +673,11 @@ class Reader:
             first, last, peak = strongest(t)
             ratio = self.massive[t]["ratio"]
             named = m.groupdict()
-            stated_peak = named.get("peak") or named.get("peak2")
-            self.expect(close(stated_peak, self.raw[peak, t]) and self.row(m.group("pl")) == peak, "massive peak")
+            if named.get("onset"):  # "jumps from B to V at layer O": the value at the onset
+                self.expect(close(named["peak"], self.raw[first, t]), "massive onset value")
+            else:
+                self.expect(close(named.get("peak") or named.get("peak2"), self.raw[peak, t]), "massive peak")
+            self.expect(self.row(m.group("pl")) == peak, "massive peak layer")
             if named.get("pl2"):
                 self.expect(self.row(m.group("pl2")) == peak and first == 0, "massive from the first layer")
             self.expect(close(m.group("ratio"), ratio[peak]), "massive ratio")
