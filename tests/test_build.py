@@ -159,17 +159,14 @@ def test_summary_states_facts_of_the_matrix(site, first_build):
     cache = Cache(site / ".cache" / "layerheat")
     entries = [cache.get(p.stem) for p in (site / ".cache" / "layerheat").glob("*/*.npz")]
     attention = next(h for h in entries if h is not None and h.metric == "attention")
-    values = attention.normalized("global").astype(np.float64)
-    col_means = values.mean(axis=0)
-    highest_at = np.bincount(values.argmax(axis=1), minlength=values.shape[1])  # layers where a token is highest
-    dominant = [t for t in np.argsort(-col_means)[:3]
-                if col_means[t] > max(3 * np.median(col_means), np.median(col_means) + 0.3)
-                and highest_at[t] > values.shape[0] / 2]
-    rest = np.delete(values, dominant, axis=1)
-    top = [attention.layers[i] for i in np.argsort(-rest.mean(axis=1))[:3]]
+    raw = attention.values.astype(np.float64)
     text = re.sub(r"<[^>]+>", "", (site / "site" / "index.html").read_text())
-    stated = re.search(r"The highest layers on average are ((?:\d+ \([-\d.e]+\)(?:, )?)+)", text).group(1)
-    assert [int(x) for x in re.findall(r"(\d+) \(", stated)] == top
+    low, high = re.search(r"raw values from ([-\d.,e]+) to ([-\d.,e]+)", text).groups()
+    assert float(low.replace(",", "")) == pytest.approx(raw.min(), rel=0.05)
+    assert float(high.replace(",", "")) == pytest.approx(raw.max(), rel=0.05)
+    sinks = ((raw >= 0.3) & (raw >= 5 * np.median(raw[:, :-3], axis=1, keepdims=True))).sum(axis=0)
+    if sinks.max() >= 3:  # the summary names the sink the matrix has
+        assert "is an attention sink" in text
 
 
 def test_nested_blocks_render(site, first_build):
@@ -183,7 +180,7 @@ def test_cached_rebuild_imports_neither_torch_nor_transformers(site, first_build
         [sys.executable, "-c", PROBE, str(site / "mkdocs.yml")], capture_output=True, text=True, cwd=site
     )
     assert probe.returncode == 0, probe.stderr
-    assert json.loads(probe.stdout.strip().splitlines()[-1]) == {"torch": False, "transformers": False, "bokeh": False, "numpy": False}
+    assert json.loads(probe.stdout.strip().splitlines()[-1]) == {"torch": False, "transformers": False, "bokeh": False, "numpy": False}, probe.stderr[-3000:]
     assert "0 computed" in probe.stderr
 
 
