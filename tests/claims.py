@@ -709,7 +709,7 @@ class Reader:
             self.expect(k == int(m.group("k2")) == len(self.edge), "edge size")
             ends = [self.token(m.group("a"))[:1], self.token(m.group("b"))[:1]]
             self.expect(ends == [[self.edge[0]], [self.edge[-1]]], "edge positions")
-        eat(rf"The (?:last|first) (?P<k>\d+) positions \((?P<a>{TOK}) to (?P<b>{TOK})\) (?:are seen by|can see only themselves and the tokens before them,) (?P<k2>\d+) or fewer", edge)
+        eat(rf"The (?:last|first) (?P<k>\d+) positions, (?P<a>{TOK}) to (?P<b>{TOK}), (?:are seen by|can see only themselves and the tokens before them,) (?P<k2>\d+) or fewer", edge)
         eat(r"What follows leaves these (\d+) cells out", lambda m: self.expect(int(m.group(1)) == int(self.aside.sum()), f"{int(self.aside.sum())} cells are left out, not {m.group(1)}"))
         eat(r"^- \*[A-Z][a-z ]+\*(?: \([^)]*\))?: ", lambda m: None, re.M)
 
