@@ -38,6 +38,7 @@ TWIN = 0.5  # anomalies whose profiles lie closer than this share of their dista
 MAX_ANOMALIES = 3
 TREND_RHO, TREND_CHANGE = 0.8, 0.2  # depth trend: rank correlation of layer means with depth, and change
 MAX_OBSERVATIONS = 5
+MAX_RUNS = 4  # sustained runs the summary lists by name
 
 KINDS = ("uniform-high", "uniform-medium", "uniform-low", "differentiating", "sparse")
 UNIFORM = ("uniform-high", "uniform-medium", "uniform-low")
@@ -103,6 +104,7 @@ class Anomaly:
     distance: float = 0.0  # profile: RMS distance (unit scale) to the typical profile (the layers' medians)
     typical_distance: float = 0.0  # ... and the median of that distance over all tokens
     token_kind: str = "text"  # text | special | template | generated (Heatmap.kinds)
+    listed_run: bool = False  # profile: its run is the sustained run the summary already lists
 
 
 @dataclass
@@ -484,7 +486,11 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
             finding.sustained_median = float(np.mean(layer_medians[first:last + 1]))
         tokens.append(finding)
 
-    # 4. anomalies: dominant tokens, then tokens whose depth profile is unlike any other piece's
+    runs = sorted((f for f in tokens if f.sustained and not f.set_aside),
+                  key=lambda f: (-f.run_length, -(f.sustained_mean or 0), f.index))
+    listed = {f.index: f.sustained for f in runs[:MAX_RUNS]}  # the runs the summary lists
+
+    # 4. anomalies: dominant tokens, then tokens whose depth profile is unlike the typical one
     token_means = _quiet(np.nanmean, v, axis=0)
     token_kinds = list(heatmap.kinds)  # Heatmap guarantees one kind per token
     anomalies: list[Anomaly] = []
@@ -517,13 +523,12 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
                 run_mean=float(np.nanmean(v[first:last + 1, t])),
                 run_median=float(np.nanmean(layer_medians[first:last + 1])),
                 distance=float(distance[group_j[0]]), typical_distance=typical,
-                token_kind=token_kinds[t],
+                token_kind=token_kinds[t], listed_run=len(group) == 1 and direction == "above"
+                and listed.get(t) == (layers[first], layers[last]),
             ))
 
     highlights = sorted((f for f in tokens if f.stands_out and not f.set_aside),
                         key=lambda f: (-f.peak_contrast, f.index))
-    runs = sorted((f for f in tokens if f.sustained and not f.set_aside),
-                  key=lambda f: (-f.run_length, -(f.sustained_mean or 0), f.index))
     for band in bands:
         band.peaks = [f.index for f in highlights if band.first_layer <= f.peak_layer <= band.last_layer]
         if band.kind == "differentiating":
@@ -596,11 +601,9 @@ def _observations(f: Findings, heatmap: Heatmap) -> list[Observation]:
         top = spikes[0]
         out.append(Observation("spike", 0.5 + 0.4 * min(1.0, top.peak_contrast),
                                {"token": top, "besides": spikes[0] is not f.highlights[0]}))
-    runs = [r for r in f.runs if r.index not in anomalous]
-    if runs:
-        best = runs[0]
-        out.append(Observation("run", 0.55 + 0.3 * min(1.0, best.run_length / max(f.n_layers, 1)),
-                               {"token": best, "besides": runs[0] is not f.runs[0]}))
+    if f.runs:
+        best = f.runs[0]
+        out.append(Observation("run", 0.55 + 0.3 * min(1.0, best.run_length / max(f.n_layers, 1)), {"token": best}))
     for a in f.profile_anomalies:
         out.append(Observation("anomaly", 0.7, {"anomaly": a}))
     if not f.highlights and not f.runs and not f.phenomena:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from jinja2 import BaseLoader, Environment, StrictUndefined, pass_context
 
-from .analysis import UNIFORM as UNIFORM_KINDS, Findings
+from .analysis import MAX_RUNS, UNIFORM as UNIFORM_KINDS, Findings
 from .compare import IDENTICAL, Difference
 from .heatmap import Heatmap
 from .metrics import METRICS
@@ -29,7 +29,6 @@ PALE = 0.25  # the other cells span less than this share of the figure's scale: 
 TEMPLATE = "summary.md"
 COMPARE_TEMPLATE = "compare.md"
 PER_BAND = 4  # token highlights listed per band (the strongest), the rest counted
-MAX_RUNS = 4  # sustained runs listed
 
 
 def number(value: float | None) -> str:
@@ -74,8 +73,9 @@ def scaled(context, value: float | None) -> str:
 
 
 def span(first_last) -> str:
-    """A (first, last) run of layers: "layer 12" or "layers 12–26"."""
-    return layers(*first_last)
+    """A (first, last) run of layers as a list of them names it: "12" or "12–26"."""
+    first, last = first_last
+    return str(first) if first == last else f"{first}–{last}"
 
 
 def model_name(ref: str) -> str:

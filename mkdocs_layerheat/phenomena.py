@@ -197,9 +197,11 @@ def detect(metric: str, raw: np.ndarray, layers: list[int], causal: bool = True)
 
 
 def aside(phenomena: list[Phenomenon], shape: tuple[int, int]) -> np.ndarray:
-    """The cells the phenomena explain (True), left out of bands and highlights."""
+    """The cells the phenomena explain (True), left out of bands and highlights: a token with more than half of
+    its layers explained is left out whole, so that its few other cells are not read as a profile of their own."""
     mask = np.zeros(shape, dtype=bool)
     for p in phenomena:
         for r, t in p.cells:
             mask[r, t] = True
+    mask[:, mask.sum(axis=0) * 2 > shape[0]] = True
     return mask

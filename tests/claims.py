@@ -142,6 +142,7 @@ class Reader:
         aside[:, self.edge] = True
         for cells in list(self.sinks.values()) + [m["aside"] for m in self.massive.values()]:
             aside[cells] = True
+        aside[:, aside.sum(axis=0) > self.n_layers / 2] = True  # mostly explained: the whole token is left out
         self.aside = aside & ~np.isnan(self.figure)
         self.v = self.figure.copy()
         self.v[self.aside] = np.nan
@@ -596,6 +597,12 @@ class Reader:
         tail = rf"(?:at layer (?P<at>\d+)|from layer (?P<first>\d+) to (?P<last>\d+))"
         toks = rf"((?:{TOK}(?:, | and )?)+?)"
         eat(rf"{toks} (?:has|share) a depth profile unlike the other tokens': {tail} (?:it stays|they stay) (?P<dir>above|below) the others \(mean (?P<mean>{NUM}) against a median of (?P<median>{NUM})\)", profile)
+        def listed(m):
+            profile(m)
+            (t,) = self.token(m.group(1))[:1] or [0]
+            self.expect(self.longest_run(t) == self.rows(m.group("first"), m.group("last")), "the run given above")
+            self.expect(f"{m.group(1)} stays clearly above the other tokens from layer {m.group('first')} to {m.group('last')}" in text, "run not given above")
+        eat(rf"{toks} has a depth profile unlike the other tokens': it departs most over its run from layer (?P<first>\d+) to (?P<last>\d+), given above(?P<dir>)(?P<at>)(?P<mean>)(?P<median>)", listed)
         eat(rf"{toks} (?:has|share) a depth profile unlike the other tokens'\.(?P<dir>)(?P<at>)(?P<first>)(?P<last>)(?P<mean>)(?P<median>)", profile)
 
         def no_anomaly(m):
@@ -628,7 +635,7 @@ class Reader:
             return out
 
         def stated_spans(text: str) -> list[tuple[int, int]]:
-            return [(int(a), int(b or a)) for a, b in re.findall(r"layers? (\d+)(?:–(\d+))?", text)]
+            return [(int(a), int(b or a)) for a, b in re.findall(r"(\d+)(?:–(\d+))?", text)]
 
         def sink(m):
             (t,) = self.token(m.group("tok"))[:1] or [None]
