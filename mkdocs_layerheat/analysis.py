@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .heatmap import Heatmap, normalize as rescale
+from .labels import display_labels
 from .phenomena import LENSES, Phenomenon, aside as aside_mask, detect
 
 HIGH, LOW = 2 / 3, 1 / 3  # thresholds on the unit scale: top third, bottom third
@@ -146,7 +147,8 @@ class Findings:
     rescaled: bool = False  # layer/token scaling redone without those cells
     metric: str = ""
     predicts: list[str | None] = field(default_factory=list)  # lens metrics: the predicted token's label
-    raw_final_valid: list[bool] = field(default_factory=list)  # whether each token has a value at the last layer
+    settling: dict | None = None  # lens metrics: when predictions settle (see `_settling`)
+    onset: Band | None = None  # the first band where tokens differ, after uniform ones only
 
     def of(self, kind: str) -> list[Phenomenon]:
         return [p for p in self.phenomena if p.kind == kind]
@@ -385,8 +387,6 @@ def _predicts(heatmap: Heatmap, labels: list[str]) -> list[str | None]:
         return []
     target = (heatmap.provenance.get("options") or {}).get("target")
     if target is not None:
-        from .render import display_labels
-
         return [display_labels([target])[0]] * len(labels)
     return [labels[t + 1] if t + 1 < len(labels) else None for t in range(len(labels))]
 
@@ -402,8 +402,7 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
     layers = [int(x) for x in heatmap.layers]
     labels = [str(x) for x in labels]
     causal = bool(heatmap.provenance.get("causal", True))
-    raw_values = heatmap.values if raw_known else np.full(figure.shape, np.nan)
-    phenomena = detect(heatmap.metric, raw_values, layers, causal) if n_tokens else []
+    phenomena = detect(heatmap.metric, heatmap.values if raw_known else None, figure.shape, layers, causal)
     v, aside_cells, rescaled = _analysed(heatmap, figure, phenomena, normalize, raw_known)
     valid = ~np.isnan(v)
     if not valid.any():
@@ -549,10 +548,29 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
         set_aside=list(dominant), min_run=min_run, trend=None if constant else _trend(layer_means, layers, span),
         token_kinds=token_kinds, phenomena=phenomena, aside_cells=aside_cells, rescaled=rescaled,
         metric=heatmap.metric, predicts=_predicts(heatmap, labels),
-        raw_final_valid=[bool(x) for x in ~np.isnan(figure[-1])],
+        settling=_settling(phenomena, layers, int((~np.isnan(figure[-1])).sum())) if heatmap.metric in LENSES
+        else None,
+        onset=next((b for i, b in enumerate(bands) if b.kind not in UNIFORM and i > 0
+                    and all(x.kind in UNIFORM for x in bands[:i])), None),
     )
     findings.observations = _observations(findings, heatmap)
     return findings
+
+
+def _settling(phenomena: list[Phenomenon], layers: list[int], n_positions: int) -> dict:
+    """When lens predictions settle: how many of the `n_positions` with a final value do, the (lower) median
+    layer, the earliest three before it, those that settle only at the last layer, and the late drops."""
+    settled = sorted((p for p in phenomena if p.kind == "prediction-converges"),
+                     key=lambda p: (layers.index(p.layers[0]), p.tokens[0]))
+    rows = [layers.index(p.layers[0]) for p in settled]
+    median = layers[rows[(len(rows) - 1) // 2]] if rows else None
+    last = layers[-1]
+    return {
+        "n": n_positions, "converged": settled, "median": median, "never": n_positions - len(settled),
+        "early": [p for p, r in zip(settled, rows) if p.layers[0] != last and r < layers.index(median)][:3],
+        "late": [p.tokens[0] for p in settled if p.layers[0] == last],
+        "drops": sum(p.kind == "late-drop" for p in phenomena),
+    }
 
 
 def _trend(layer_means: np.ndarray, layers: list[int], span: float) -> dict | None:
@@ -590,9 +608,7 @@ def _observations(f: Findings, heatmap: Heatmap) -> list[Observation]:
         out.append(Observation("flat", 0.95, {"value": f.low}))
         return out[:MAX_OBSERVATIONS]
     if len(f.bands) >= 2:
-        onset = next((b for i, b in enumerate(f.bands) if b.kind not in UNIFORM and i > 0
-                      and all(x.kind in UNIFORM for x in f.bands[:i])), None)
-        out.append(Observation("structure", 0.9, {"bands": f.bands, "onset": onset}))
+        out.append(Observation("structure", 0.9, {"bands": f.bands, "onset": f.onset}))
     if f.trend:
         out.append(Observation("trend", 0.85, dict(f.trend)))
     anomalous = {i for a in f.anomalies for i in a.indices}

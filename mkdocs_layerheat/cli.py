@@ -238,7 +238,8 @@ def summarize(heatmap_file: Path, as_json: bool, templates: Path | None) -> None
     from .analysis import analyze
     from .heatmap import Heatmap
     from .narrative import Narrative, summary_json
-    from .render import Renderer, display_labels
+    from .labels import display_labels
+    from .render import Renderer
 
     try:
         data = json.loads(heatmap_file.read_text(encoding="utf-8"))

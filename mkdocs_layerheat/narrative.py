@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from jinja2 import BaseLoader, Environment, StrictUndefined, pass_context
 
-from .analysis import MAX_RUNS, UNIFORM as UNIFORM_KINDS, Findings
+from .analysis import MAX_RUNS, Findings
 from .compare import IDENTICAL, Difference
 from .heatmap import Heatmap
 from .metrics import METRICS
@@ -66,7 +66,7 @@ def scaled(context, value: float | None) -> str:
     """A value on the figure's scale (compare summaries: with the decimals that the differences need)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
-    if "decimals" not in context:
+    if context.get("decimals") is None:
         return number(value)
     text = f"{float(value):.{context['decimals']}f}"
     return text[1:] if text.startswith("-") and not text.strip("-0.") else text
@@ -79,12 +79,13 @@ def span(first_last) -> str:
 
 
 def model_name(ref: str) -> str:
-    """A model as a reader knows it: a hub id without its revision, a folder's or a GGUF file's name."""
-    ref = str(ref).split("@")[0].rstrip("/\\")
-    if "/" in ref.strip("/") and not any(ch in ref for ch in "\\.") and ref.count("/") == 1:
-        return ref  # owner/name on the hub
-    name = re.split(r"[/\\]", ref)[-1]
-    return name[:-5] if name.lower().endswith(".gguf") else name
+    """A model as a reader knows it: an alias or a hub id as written (without its revision), a folder's or a
+    GGUF file's name rather than its path."""
+    name = str(ref).split("@")[0].rstrip("/\\")
+    if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or name.lower().endswith(".gguf"):
+        name = re.split(r"[/\\]", name)[-1]
+        return name[:-5] if name.lower().endswith(".gguf") else name
+    return name
 
 
 @pass_context
@@ -148,24 +149,6 @@ def _groups(f: Findings) -> list[tuple[str, list[Phenomenon]]]:
     return [(kind, f.of(kind)) for kind in order if f.of(kind)]
 
 
-def _lens(f: Findings) -> dict:
-    """What the convergence paragraph of a lens figure states."""
-    final = f.layers.index(f.layers[-1]) if f.layers else 0
-    with_value = [t for t in range(f.n_tokens) if f.raw_final_valid and f.raw_final_valid[t]]
-    converged = sorted(f.of("prediction-converges"), key=lambda p: (f.layers.index(p.layers[0]), p.tokens[0]))
-    last = f.layers[final] if f.layers else 0
-    median = None
-    if converged:
-        rows = [f.layers.index(p.layers[0]) for p in converged]
-        median = f.layers[rows[(len(rows) - 1) // 2]]  # the lower median: a layer of the figure
-    early = [p for p in converged if p.layers[0] != last and f.layers.index(p.layers[0]) < f.layers.index(median)][:3]
-    return {
-        "n": len(with_value), "converged": converged, "median": median, "never": len(with_value) - len(converged),
-        "early": early, "late": [p.tokens[0] for p in converged if p.layers[0] == last],
-        "drops": len(f.of("late-drop")),
-    }
-
-
 def _interpretation(f: Findings, tok) -> list[str]:
     """The hedged closing reading: what the phenomena found are consistent with, in the literature's words."""
     out = []
@@ -174,9 +157,9 @@ def _interpretation(f: Findings, tok) -> list[str]:
         first = [p for p in sinks if p.tokens[0] == 0]
         others = [p for p in sinks if p.tokens[0] != 0]
         if first:
-            out.append(f"A first-token sink is how causal models typically park attention that no other token needs "
-                       f"(Xiao et al. 2023); Sun et al. 2024 find that such tokens also carry massive activations, "
-                       f"which a `hidden-norm` figure of the same text would show.")
+            out.append("A first-token sink is how causal models typically park attention that no other token needs "
+                       "(Xiao et al. 2023); Sun et al. 2024 find that such tokens also carry massive activations, "
+                       "which a `hidden-norm` figure of the same text would show.")
         if others:
             out.append(f"{join([tok(p.tokens[0]) for p in others])} "
                        f"{'is a sink' if len(others) == 1 else 'are sinks'} away from the first position, consistent "
@@ -188,14 +171,12 @@ def _interpretation(f: Findings, tok) -> list[str]:
         out.append(f"Sun et al. 2024 find that tokens with massive activations act as attention sinks, so {names} "
                    f"likely {'receives' if len(massive) == 1 else 'receive'} much of the attention in these layers; "
                    f"an `attention` figure of the same text would show it.")
-    if f.metric in LENSES and f.of("prediction-converges") or f.of("late-drop"):
+    if f.of("prediction-converges") or f.of("late-drop"):
         out.append("The lens reads the lower layers poorly, so a low value there does not mean that the model lacks "
                    "the prediction, only that it is not yet in the output's basis (Belrose et al. 2023)"
                    + ("; the late drops suggest that the last layers spread probability back over alternatives."
                       if f.of("late-drop") else "."))
-    onset = next((b for i, b in enumerate(f.bands) if b.kind not in UNIFORM_KINDS and i > 0
-                  and all(x.kind in UNIFORM_KINDS for x in f.bands[:i])), None)
-    if onset and not f.phenomena:
+    if f.onset and not f.phenomena:
         out.append("Uniform lower layers followed by tokens that differ are consistent with early layers treating "
                    "all tokens alike and later ones specialising.")
     return out
@@ -262,7 +243,7 @@ class Narrative:
             "lens_metric": lens_metric,
             "rank_metric": heatmap.metric == "logit-lens-rank",
             "target": bool((heatmap.provenance.get("options") or {}).get("target")),
-            "lens": _lens(f) if lens_metric else None,
+            "lens": f.settling,
             "early_layer": f.layers[min(third, f.n_layers - 1)] if f.layers else 0,
             "late_layer": f.layers[f.n_layers - third] if f.layers else 0,
             "groups": _groups(f),
@@ -282,6 +263,7 @@ class Narrative:
             "some": some,
             "group": group,
             "all_nan": bool(np.isnan(f.low)) if isinstance(f.low, float) else False,
+            "decimals": None,  # 2 significant figures (compare summaries resolve their differences instead)
         }
 
     def markdown(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool = True,

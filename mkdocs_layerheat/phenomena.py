@@ -50,10 +50,6 @@ class Phenomenon:
     data: dict = field(default_factory=dict)
     cells: list[tuple[int, int]] = field(default_factory=list)  # (row, token) cells this phenomenon explains
 
-    @property
-    def source(self) -> str:
-        return SOURCES[self.kind]
-
 
 def edge_count(n_tokens: int) -> int:
     return min(n_tokens, max(3, math.ceil(EDGE_SHARE * n_tokens)))
@@ -177,16 +173,20 @@ def convergence(raw: np.ndarray, layers: list[int], rank: bool) -> list[Phenomen
     return out
 
 
-def detect(metric: str, raw: np.ndarray, layers: list[int], causal: bool = True) -> list[Phenomenon]:
-    """Every phenomenon of `raw` (the metric's values, `[layers, tokens]`), edge effect first."""
-    raw = np.asarray(raw, dtype=np.float64)
-    n_layers, n_tokens = raw.shape
+def detect(metric: str, raw: np.ndarray | None, shape: tuple[int, int], layers: list[int],
+           causal: bool = True) -> list[Phenomenon]:
+    """Every phenomenon of `raw` (the metric's values, `[layers, tokens]`), edge effect first. Without the raw
+    values (a file that holds scaled ones) only the edge effect, which depends on positions alone, is known."""
+    n_layers, n_tokens = shape
     edge = edge_positions(metric, n_tokens, causal)
     found = []
     if edge:
         found.append(Phenomenon("edge-effect", edge, (layers[0], layers[-1]), float(len(edge)),
                                 data={"where": "end" if metric == "attention" else "start"},
                                 cells=[(r, t) for t in edge for r in range(n_layers)]))
+    if raw is None:
+        return found
+    raw = np.asarray(raw, dtype=np.float64)
     if metric == "attention":
         found += sinks(raw, layers, edge)
     elif metric in NORMS:

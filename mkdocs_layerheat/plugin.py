@@ -204,7 +204,7 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
         """The figure's HTML: one heatmap, or the two of a `compare:` block on one scale with their difference."""
         from .analysis import analyze
         from .compare import difference, shared_scale, side_names
-        from .render import display_labels
+        from .labels import display_labels
 
         labels = [display_labels(heatmap.tokens, heatmap.token_bytes) for heatmap in heatmaps]
         if len(heatmaps) == 1:

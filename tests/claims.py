@@ -264,17 +264,6 @@ class Reader:
         d = np.sqrt(((prof - med[:, None]) ** 2).mean(axis=0))
         return idx, float(np.median(d)) if d.size else 0.0, d
 
-    def nearest_other(self) -> tuple[np.ndarray, float, np.ndarray]:
-        """RMS distance of each analysed token's profile to the nearest profile of a different piece."""
-        idx = np.flatnonzero(self.kept & self.valid.any(axis=0))
-        prof = np.nan_to_num(np.where(self.valid[:, idx], self.u[:, idx], quiet(np.nanmedian, self.u[:, self.kept], axis=1)[:, None]))
-        d = np.sqrt(((prof[:, :, None] - prof[:, None, :]) ** 2).mean(axis=0))
-        labels = np.array([self.labels[i] for i in idx], dtype=object)
-        d[labels[:, None] == labels[None, :]] = np.inf
-        nearest = d.min(axis=1)
-        finite = nearest[np.isfinite(nearest)]
-        return idx, float(np.median(finite)) if finite.size else 0.0, nearest
-
     def anomalies(self) -> set[int]:
         """The positions the Anomalies section names."""
         if "**Anomalies.**" not in self.text:
@@ -470,14 +459,6 @@ class Reader:
             self.expect(rho >= 0.8 if m.group(1) == "rises" else rho <= -0.8, f"trend {m.group(1)} but rho = {rho:.2f}")
         eat(r"The layer mean (rises|falls) with depth\.", trend_lead)
 
-        def highest(m):
-            stated = re.findall(rf"(\d+) \(({NUM})\)", m.group(1))
-            order = np.argsort(-np.nan_to_num(self.layer_means, nan=-np.inf), kind="stable")
-            self.expect([int(x) for x, _ in stated] == [self.layers[i] for i in order[:len(stated)]], "highest layers")
-            for layer, value in stated:
-                self.expect(close(value, self.layer_means[self.row(layer)]), f"mean of layer {layer}")
-        eat(rf"The highest layers on average are ((?:\d+ \({NUM}\)(?:, )?)+)\.", highest)
-
         # token highlights, per band
         def bullet(m):
             a, b = self.rows(m.group(1), m.group(2))
@@ -507,14 +488,6 @@ class Reader:
         eat(rf"({TOK}) stays above the others for (\d+) layers\.", run_lead)
         eat(rf"({TOK}) stays clearly above the other tokens from layer (\d+) to (\d+) \(mean ({NUM}) against a median of ({NUM})\)",
             lambda m: self.check_run(m.group(1), m.group(2), m.group(3), m.group(4), m.group(5)))
-        def longest(m):
-            self.check_run(m.group(2), m.group(4), m.group(5), m.group(6), m.group(7), length=m.group(3))
-            skip = self.anomalies() if m.group(1).startswith("Apart") else set()
-            best = max((lambda r: r[1] - r[0] + 1)(self.longest_run(x)) for x in range(self.n_tokens)
-                       if self.kept[x] and x not in skip)
-            self.expect(int(m.group(3)) == best, f"the longest run lasts {best} layers, not {m.group(3)}")
-        eat(rf"(Apart from the anomalies, the|The) longest run belongs to ({TOK}): it stays clearly above the other tokens for (\d+) layers, from layer (\d+) to (\d+) \(mean ({NUM}) against a median of ({NUM})\)", longest)
-
         def more_runs(m):
             self.expect(int(m.group(2)) == self.min_run, "minimum run length")
             n = sum(1 for t in range(self.n_tokens) if self.kept[t]
@@ -532,29 +505,12 @@ class Reader:
                 self.expect(band_kinds.get(key) == words[kind], f"observation names band {key} {kind}")
             if m.group("more"):
                 self.expect(int(m.group("more")) == len(bands) - 5, "number of bands")
-            if False:
-                self.expect(int(m.group("n")) == len(bands), "number of bands")
-                widest = max(b - a + 1 for a, b, _ in bands)
-                named = re.search(r"the widest being .*? at layers? (\d+)(?:–(\d+))?", m.group(0))
-                a, b = self.rows(named.group(1), named.group(2))
-                self.expect(b - a + 1 == widest, "the widest band")
             if m.group("onset"):
                 r = self.row(m.group("onset"))
                 first_non_uniform = next(a for a, b, k in bands if not k.startswith("uniform"))
                 self.expect(r == first_non_uniform, "tokens begin to differ")
                 self.expect(all(k.startswith("uniform") for a, b, k in bands if a < r), "onset after uniform bands only")
         eat(r"From the bottom up the layers are [^\n]*?(?:, and (?P<more>\d+) more bands)?(?:; tokens begin to differ at layer (?P<onset>\d+))?\.(?= |$)", structure, re.M)
-
-        def late(m):
-            cut = self.row(m.group(3))
-            self.expect(cut == self.n_layers - self.n_layers // 3 and self.row(m.group(4)) == self.n_layers - 1, "top third")
-            standing = [t for t in range(self.n_tokens) if self.kept[t] and self.valid[:, t].any()
-                        and self.stands[self.peak_row(t), t]]
-            late_ones = [t for t in standing if self.peak_row(t) >= cut]
-            self.expect(int(m.group(1)) == len(late_ones) and int(m.group(2)) == len(standing), "late counts")
-            for t in self.tokens(m.group(5)):
-                self.expect(t in late_ones, f"{self.labels[t]} does not stand out late")
-        eat(r"(\d+) of the (\d+) tokens that stand out do so in the top third of the layers \(layers (\d+)–(\d+)\), among them (.*?)\.$", late, re.M)
 
         def dominant(m):
             ts = self.token(m.group(1))
@@ -604,14 +560,6 @@ class Reader:
             self.expect(f"{m.group(1)} stays clearly above the other tokens from layer {m.group('first')} to {m.group('last')}" in text, "run not given above")
         eat(rf"{toks} has a depth profile unlike the other tokens': it departs most over its run from layer (?P<first>\d+) to (?P<last>\d+), given above(?P<dir>)(?P<at>)(?P<mean>)(?P<median>)", listed)
         eat(rf"{toks} (?:has|share) a depth profile unlike the other tokens'\.(?P<dir>)(?P<at>)(?P<first>)(?P<last>)(?P<mean>)(?P<median>)", profile)
-
-        def no_anomaly(m):
-            self.expect(not self.dominant_rule(), "a token dominates but the summary says none")
-            idx, typical, nearest = self.nearest_other()
-            if len(idx) >= 6 and self.n_layers >= 3:
-                self.expect(not np.any(np.isfinite(nearest) & (nearest > max(0.15, 3 * typical))),
-                            "a token's profile is unlike any other but the summary says none")
-        eat(r"None: no token dominates the figure, and each token's depth profile resembles another token's", no_anomaly)
 
         def nothing_stands_out(m):
             self.expect(not self.stands[:, self.kept].any(), "a token stands out but the summary says none")
@@ -757,7 +705,7 @@ class Reader:
             if m.group("never"):
                 self.expect(int(m.group("never")) == len(positions) - len(done) and int(m.group("n")) == len(positions), "unsettled count")
             self.expect(int(m.group("drops") or 0) == len(drops), "late drops count")
-        eat(rf"Predictions settle (?P<when>late|early|midway), at layer (?P<median>\d+) in the median(?:; (?P<never>\d+) of the (?P<n>\d+) positions end (?:below 0\.5|outside rank 1))?(?:, and (?P<drops>\d+) falls? back in the last layers)?\.", lens_lead)
+        eat(r"Predictions settle (?P<when>late|early|midway), at layer (?P<median>\d+) in the median(?:; (?P<never>\d+) of the (?P<n>\d+) positions end (?:below 0\.5|outside rank 1))?(?:, and (?P<drops>\d+) falls? back in the last layers)?\.", lens_lead)
         eat(r"No prediction settles: none of the (\d+) holds", lambda m: self.expect(not done and int(m.group(1)) == len(positions), "nothing settles"))
         eat(r"None of the (\d+) predictions reaches (?:rank 1|0\.5) and holds it to layer (\d+)", lambda m: self.expect(not done and int(m.group(1)) == len(positions), "nothing settles"))
         eat(r"(\d+) of the (\d+) predictions reach (?:rank 1|0\.5) and hold it to layer (\d+)", lambda m: self.expect(

@@ -330,3 +330,14 @@ def more_models(tmp_path_factory, tiny_models) -> dict[str, TinyModel]:
 def _no_warm_worker(monkeypatch):
     """A developer's LAYERHEAT_WORKER must not make tests hand their work to a worker process (test_worker.py asks)."""
     monkeypatch.delenv("LAYERHEAT_WORKER", raising=False)
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    """The demo model (SmolLM2-135M-Instruct), loaded once for every test that reads it."""
+    from mkdocs_layerheat import models
+
+    demo = Path(__file__).resolve().parent.parent / ".models" / "SmolLM2-135M-Instruct"
+    if not (demo / "config.json").is_file():
+        pytest.fail(f"the demo model is missing at {demo}: run `make model` (make test does)")
+    return models.load(models.resolve(str(demo)))

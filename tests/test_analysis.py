@@ -449,27 +449,18 @@ def test_observations_are_ranked_sentences():
 # -- real heatmaps of the demo model ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def demo_heatmaps():
-    from pathlib import Path
-
-    from mkdocs_layerheat import models
+def demo_heatmaps(demo_model):
     from mkdocs_layerheat.extract import extract
     from mkdocs_layerheat.metrics import METRICS
 
-    demo = Path(__file__).resolve().parent.parent / ".models" / "SmolLM2-135M-Instruct"
-    if not (demo / "config.json").is_file():
-        pytest.fail(f"the demo model is missing at {demo}: run `make model` (make test does)")
-    loaded = models.load(models.resolve(str(demo)))
     text = "A and B = 8 + 5 = 13. The correct choice is (D) 13. The final answer is \\boxed{(D)}"
-    try:  # the text inside the chat template, with a few generated tokens: every kind of token
-        return extract(loaded, text, list(METRICS), chat=True, generate=6)
-    except TypeError:  # an extract without those options
-        return extract(loaded, text, list(METRICS))
+    # the text inside the chat template, with a few generated tokens: every kind of token
+    return extract(demo_model, text, list(METRICS), chat=True, generate=6)
 
 
 @pytest.mark.parametrize("normalize", ["none", "global", "layer", "token"])
 def test_every_claim_holds_on_the_demo_model_for_every_metric(demo_heatmaps, normalize):
-    from mkdocs_layerheat.render import display_labels
+    from mkdocs_layerheat.labels import display_labels
 
     checked = 0
     for metric, heatmap in demo_heatmaps.items():

@@ -23,22 +23,14 @@ from test_metrics import (
 )
 from transformers import AutoModelForCausalLM
 
-from mkdocs_layerheat import models
 from mkdocs_layerheat.extract import extract
 from mkdocs_layerheat.metrics import METRICS, MetricRequest
 
 TEXT = "A and B = 8 + 5 = 13. The final answer is \\boxed{(D)}"
 
 
-@pytest.fixture(scope="module")
-def demo():
-    if not (DEMO / "config.json").is_file():
-        pytest.fail(f"the demo model is missing at {DEMO}: run `make model` (make test does)")
-    return models.load(models.resolve(str(DEMO)))
-
-
-def test_demo_model_metrics_match_reference(demo):
-    heatmaps = extract(demo, TEXT, ["attention", "hidden-norm"])
+def test_demo_model_metrics_match_reference(demo_model):
+    heatmaps = extract(demo_model, TEXT, ["attention", "hidden-norm"])
     ids = heatmaps["attention"].provenance["token_ids"]
     reference = AutoModelForCausalLM.from_pretrained(DEMO, dtype=torch.float32, attn_implementation="eager").eval()
     attentions, hidden = reference_outputs(reference, ids)
@@ -52,7 +44,7 @@ def demo_reference():
     return AutoModelForCausalLM.from_pretrained(DEMO, dtype=torch.float32, attn_implementation="eager").eval()
 
 
-def test_demo_model_every_metric_matches_reference(demo, demo_reference):
+def test_demo_model_every_metric_matches_reference(demo_model, demo_reference):
     """All metrics, with options, in one pass of the real 30-layer model, against the loop-form references."""
     requests = [MetricRequest(m) for m in METRICS] + [
         MetricRequest("attention-from", query=7, heads=(0, 4, 8), aggregate="max"),
@@ -60,7 +52,7 @@ def test_demo_model_every_metric_matches_reference(demo, demo_reference):
         MetricRequest("hidden-norm", embeddings=True, layers=(1, 15, 30)),
         MetricRequest("logit-lens", target=" answer", embeddings=True),
     ]
-    got = extract(demo, TEXT, requests)
+    got = extract(demo_model, TEXT, requests)
     ids = got[requests[0]].provenance["token_ids"]
     attentions, hidden = reference_outputs(demo_reference, ids, tie_last=False)
     by = {r: got[r].values for r in requests}
@@ -85,7 +77,7 @@ def test_demo_model_every_metric_matches_reference(demo, demo_reference):
     assert_rel_close(by[requests[len(METRICS) + 1]], reference_attention_received(attentions, True, (2,)), what="head 2")
     norms = np.stack([np.linalg.norm(h, axis=-1) for h in hidden])
     assert_rel_close(by[requests[len(METRICS) + 2]], norms[[0, 1, 15, 30]], what="demo rows")
-    target = demo.tokenizer(" answer", add_special_tokens=False)["input_ids"]
+    target = demo_model.tokenizer(" answer", add_special_tokens=False)["input_ids"]
     assert len(target) == 1
     target_probs, _, _, _ = reference_lens("llama", demo_reference, ids, hidden, target_id=target[0])
     assert_rel_close(by[requests[-1]], target_probs, what="demo target")
@@ -97,9 +89,9 @@ def test_demo_model_every_metric_matches_reference(demo, demo_reference):
     assert_rel_close(by[MetricRequest("logit-lens")][-1, :-1], own, what="demo last layer = model output")
 
 
-def test_demo_model_chat_template_tokens(demo):
-    heatmap = extract(demo, "What is 8 + 5?", ["hidden-norm"], chat=True)["hidden-norm"]
-    prompt = demo.tokenizer.apply_chat_template(
+def test_demo_model_chat_template_tokens(demo_model):
+    heatmap = extract(demo_model, "What is 8 + 5?", ["hidden-norm"], chat=True)["hidden-norm"]
+    prompt = demo_model.tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is 8 + 5?"}], tokenize=False, add_generation_prompt=True
     )
     assert heatmap.provenance["prompt"] == prompt
@@ -112,7 +104,7 @@ def test_demo_model_chat_template_tokens(demo):
     assert heatmap.special[0] and heatmap.kinds[0] == "template"
 
 
-def test_gguf_model_is_converted_once_into_the_cache(tmp_path, demo):
+def test_gguf_model_is_converted_once_into_the_cache(tmp_path, demo_model):
     """A .gguf reference gives the same numbers as the demo directory converted from it, and is kept converted."""
     from mkdocs_layerheat import plan
     from mkdocs_layerheat.spec import parse_spec
@@ -126,7 +118,7 @@ def test_gguf_model_is_converted_once_into_the_cache(tmp_path, demo):
     assert outcome.error is None and outcome.computed
     converted = list((tmp_path / "cache" / "converted").glob("*/config.json"))
     assert len(converted) == 1
-    expected = extract(demo, TEXT, ["hidden-norm"])["hidden-norm"].values
+    expected = extract(demo_model, TEXT, ["hidden-norm"])["hidden-norm"].values
     assert_rel_close(outcome.heatmap.values, expected, what="gguf hidden-norm")
     other = parse_spec("model: q\ntext: 'another text'\nmetric: hidden-norm")
     assert plan.run([other], settings)[other].error is None  # loads from the converted copy

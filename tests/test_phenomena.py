@@ -4,8 +4,6 @@ once, never highlighted, and every claim of the summary checked against the matr
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -163,21 +161,17 @@ def test_property_highlights_never_fall_on_phenomenon_cells(seed, metric, normal
 # -- the demo model --------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def demo():
-    from mkdocs_layerheat import models
+def demo(demo_model):
     from mkdocs_layerheat.extract import extract
 
-    path = Path(__file__).resolve().parent.parent / ".models" / "SmolLM2-135M-Instruct"
-    if not (path / "config.json").is_file():
-        pytest.fail(f"the demo model is missing at {path}: run `make model` (make test does)")
-    loaded = models.load(models.resolve(str(path)))
     arithmetic = "A and B = 8 + 5 = 13. The correct choice is (D) 13. The final answer is \\boxed{(D)}"
     paris = "The Eiffel Tower is located in the city of Paris. It was built in 1889 for the World's Fair."
-    return {**extract(loaded, arithmetic, ["attention", "hidden-norm"]), "logit-lens": extract(loaded, paris, ["logit-lens"])["logit-lens"]}
+    return {**extract(demo_model, arithmetic, ["attention", "hidden-norm"]),
+            "logit-lens": extract(demo_model, paris, ["logit-lens"])["logit-lens"]}
 
 
 def demo_json(heatmap):
-    from mkdocs_layerheat.render import display_labels
+    from mkdocs_layerheat.labels import display_labels
 
     labels = display_labels(heatmap.tokens, heatmap.token_bytes)
     findings = analyze(heatmap, heatmap.normalized("global"), labels, "global")

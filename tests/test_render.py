@@ -7,7 +7,8 @@ import json
 import numpy as np
 
 from mkdocs_layerheat.heatmap import Heatmap
-from mkdocs_layerheat.render import _stable_ids, data_csv, display_labels, figure_item
+from mkdocs_layerheat.labels import display_labels
+from mkdocs_layerheat.render import _stable_ids, data_csv, figure_item
 
 
 def walk(node, name):

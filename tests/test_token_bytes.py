@@ -19,13 +19,8 @@ from mkdocs_layerheat import models
 from mkdocs_layerheat.cache import Cache
 from mkdocs_layerheat.extract import _bytes_to_unicode, extract, fragment_bytes
 from mkdocs_layerheat.heatmap import Heatmap
-from mkdocs_layerheat.render import (
-    bytes_text,
-    data_csv,
-    display_labels,
-    figure_item,
-    fragment_notes,
-)
+from mkdocs_layerheat.labels import bytes_text, display_labels, fragment_notes
+from mkdocs_layerheat.render import data_csv, figure_item
 
 DEMO = Path(__file__).resolve().parents[1] / ".models" / "SmolLM2-135M-Instruct"
 # a dash, accents, emoji (one the vocabulary has whole, others it splits), CJK rare and common, a math letter

@@ -12,7 +12,7 @@ import pytest
 from browserkit import TOOLTIP_JS, serve, wait_for_figures
 from samples import ATTACKS, NASTY, NASTY_BLOCK
 
-from mkdocs_layerheat.render import display_labels
+from mkdocs_layerheat.labels import display_labels
 
 PAGE = f"""\
 # Attacks
