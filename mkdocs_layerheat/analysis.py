@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .heatmap import Heatmap, normalize as rescale
+from .heatmap import Heatmap, normalize as rescale, robust_range
 from .labels import display_labels
 from .phenomena import LENSES, Phenomenon, aside as aside_mask, detect
 
@@ -39,7 +39,8 @@ TWIN = 0.5  # anomalies whose profiles lie closer than this share of their dista
 MAX_ANOMALIES = 3
 TREND_RHO, TREND_CHANGE = 0.8, 0.2  # depth trend: rank correlation of layer means with depth, and change
 MAX_OBSERVATIONS = 5
-MAX_RUNS = 4  # sustained runs the summary lists by name
+MAX_RUNS = 3  # sustained runs the summary lists by name
+MAX_HIGHLIGHTS = 3  # single-layer highlights the summary lists by name (6 for a text of more than 100 tokens)
 
 KINDS = ("uniform-high", "uniform-medium", "uniform-low", "differentiating", "sparse")
 UNIFORM = ("uniform-high", "uniform-medium", "uniform-low")
@@ -47,7 +48,8 @@ UNIFORM = ("uniform-high", "uniform-medium", "uniform-low")
 
 @dataclass
 class Band:
-    """Consecutive layers that behave alike. Values are on the figure's scale; shares are of the band's cells."""
+    """Consecutive layers that behave alike, or (a group) every band of one kind: `spans` lists its runs of
+    layers. Values are on the figure's scale; shares are of the band's cells."""
 
     first_layer: int
     last_layer: int
@@ -62,6 +64,7 @@ class Band:
     outlier_cells: list[tuple[int, int]] = field(default_factory=list)  # (token, layer) of the first few
     high_tokens: list[int] = field(default_factory=list)  # differentiating: tokens whose mean over the band is high
     peaks: list[int] = field(default_factory=list)  # highlighted tokens peaking in this band, strongest first
+    spans: list[tuple[int, int]] = field(default_factory=list)  # its runs of layers (one, but for a group)
 
     @property
     def n_layers(self) -> int:
@@ -133,9 +136,12 @@ class Findings:
     layer_medians: list[float]
     top_layers: list[int]  # highest mean first
     bands: list[Band]
+    groups: list[Band]  # the bands of each kind taken together, in the order the kinds first appear
     tokens: list[TokenFinding]
     highlights: list[TokenFinding]  # tokens standing out at their peak, strongest first
     runs: list[TokenFinding]  # tokens with a sustained run, longest first
+    shown: list[TokenFinding] = field(default_factory=list)  # the highlights the summary names (see `_shown`)
+    unshown: int = 0  # the other highlights, neither named nor described elsewhere: the summary counts them
     anomalies: list[Anomaly] = field(default_factory=list)
     observations: list[Observation] = field(default_factory=list)
     set_aside: list[int] = field(default_factory=list)  # token positions analysed apart (dominant)
@@ -149,6 +155,7 @@ class Findings:
     predicts: list[str | None] = field(default_factory=list)  # lens metrics: the predicted token's label
     settling: dict | None = None  # lens metrics: when predictions settle (see `_settling`)
     onset: Band | None = None  # the first band where tokens differ, after uniform ones only
+    clip: dict | None = None  # `color_range: robust`: the colour scale and the cells beyond it (see `_clip`)
 
     def of(self, kind: str) -> list[Phenomenon]:
         return [p for p in self.phenomena if p.kind == kind]
@@ -358,7 +365,7 @@ def _empty(heatmap: Heatmap, labels: list[str], v: np.ndarray) -> Findings:
         n_layers=n_layers, n_tokens=n_tokens, layers=list(heatmap.layers), labels=list(labels),
         low=nan, high=nan, raw_low=nan, raw_high=nan, nan_cells=int(v.size), constant=False,
         scale_low=nan, scale_high=nan, layer_means=[nan] * n_layers, layer_medians=[nan] * n_layers,
-        top_layers=[], bands=[], tokens=[
+        top_layers=[], bands=[], groups=[], tokens=[
             TokenFinding(t, labels[t], None, None, None, 0.0, False, None) for t in range(n_tokens)
         ], highlights=[], runs=[], token_kinds=list(heatmap.kinds),
     )
@@ -392,11 +399,12 @@ def _predicts(heatmap: Heatmap, labels: list[str]) -> list[str | None]:
 
 
 def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: str | None = None,
-            raw_known: bool = True) -> Findings:
+            raw_known: bool = True, color_range: str = "full", palette: str = "") -> Findings:
     """Findings for `values` (the figure's matrix, `[layers, tokens]`), with `labels` naming the tokens.
 
     `normalize` is the figure's scaling (None: the values are analysed as given, e.g. a compare block's shared
-    scale); `raw_known` whether `heatmap.values` are the metric's raw values (the phenomena need them)."""
+    scale); `raw_known` whether `heatmap.values` are the metric's raw values (the phenomena need them);
+    `color_range` and `palette` the figure's (`robust`: the summary says which cells its colours clip)."""
     figure = np.asarray(values, dtype=np.float64)
     n_layers, n_tokens = figure.shape
     layers = [int(x) for x in heatmap.layers]
@@ -420,7 +428,8 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
     v_low, v_high = float(np.nanmin(v)), float(np.nanmax(v))
     span_all = v_high - v_low
     u_all = (v - v_low) / span_all if span_all > 0 else np.where(valid, 0.0, np.nan)
-    dominant = [] if constant else _dominant(u_all)
+    # (not under a lens: a probability near 1 is a settled prediction, stated as such, not a washed-out scale)
+    dominant = [] if constant or heatmap.metric in LENSES else _dominant(u_all)
     kept = np.ones(n_tokens, dtype=bool)
     kept[dominant] = False
     kept &= valid.any(axis=0)  # a token whose every cell is explained by a phenomenon takes no part
@@ -436,31 +445,41 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
     layer_means = _quiet(np.nanmean, rest, axis=1)
     layer_medians = _quiet(np.nanmedian, rest, axis=1)
 
-    # 2. bands
+    # 2. bands, and the bands of each kind taken together
     kinds = _layer_kinds(ur, valid_r, stands[:, kept])
     if constant:
         kinds = ["uniform-low"] * n_layers
-    bands: list[Band] = []
-    runs = _segments(kinds, _quiet(np.nanmean, ur, axis=1))
+    segments = _segments(kinds, _quiet(np.nanmean, ur, axis=1))
     if not constant:
-        runs = _settle(runs, ur, valid_r, stands[:, kept])
+        segments = _settle(segments, ur, valid_r, stands[:, kept])
     kept_idx_all = np.flatnonzero(kept)
-    for first, last, kind in runs:
-        out_rows, out_cols = np.nonzero(stands[first:last + 1][:, kept])
-        order = np.argsort(-contrast[first + out_rows, kept_idx_all[out_cols]], kind="stable")[:3]
-        outlier_cells = [(int(kept_idx_all[out_cols[k]]), layers[first + int(out_rows[k])]) for k in order]
-        cells_u = ur[first:last + 1][valid_r[first:last + 1]]
-        cells_v = rest[first:last + 1][valid_r[first:last + 1]]
+
+    def band(spans: list[tuple[int, int]], kind: str) -> Band:
+        rows = np.concatenate([np.arange(a, b + 1) for a, b in spans])
+        out_rows, out_cols = np.nonzero(stands[rows][:, kept])
+        order = np.argsort(-contrast[rows[out_rows], kept_idx_all[out_cols]], kind="stable")[:3]
+        outlier_cells = [(int(kept_idx_all[out_cols[k]]), layers[int(rows[out_rows[k]])]) for k in order]
+        cells_u, cells_v = ur[rows][valid_r[rows]], rest[rows][valid_r[rows]]
         if cells_v.size == 0:
             cells_u = cells_v = np.array([np.nan])
         p10, p90 = _quiet(np.nanpercentile, cells_v, [10, 90])
-        bands.append(Band(
-            first_layer=layers[first], last_layer=layers[last], kind=kind,
-            mean=float(_quiet(np.nanmean, cells_v)), rows=(first, last),
+        high_tokens = []
+        if kind == "differentiating":
+            band_means = _quiet(np.nanmean, ur[rows], axis=0)
+            order = np.argsort(-np.nan_to_num(band_means, nan=-1), kind="stable")
+            high_tokens = [int(kept_idx_all[i]) for i in order if band_means[i] >= HIGH]
+        return Band(
+            first_layer=layers[spans[0][0]], last_layer=layers[spans[-1][1]], kind=kind,
+            mean=float(_quiet(np.nanmean, cells_v)), rows=(spans[0][0], spans[-1][1]),
             share_high=float(np.mean(cells_u >= HIGH)), share_low=float(np.mean(cells_u <= LOW)),
-            p10=float(p10), p90=float(p90), outliers=int(stands[first:last + 1][:, kept].sum()),
-            outlier_cells=outlier_cells,
-        ))
+            p10=float(p10), p90=float(p90), outliers=int(stands[rows][:, kept].sum()),
+            outlier_cells=outlier_cells, high_tokens=high_tokens,
+            spans=[(layers[a], layers[b]) for a, b in spans],
+        )
+
+    bands = [band([(first, last)], kind) for first, last, kind in segments]
+    order = list(dict.fromkeys(kind for _, _, kind in segments))
+    groups = [band([(a, b) for a, b, k in segments if k == kind], kind) for kind in order]
 
     # 3. tokens: peak (largest contrast), sustained run (longest run of layers where the token stands out)
     has_value = valid.any(axis=0)
@@ -528,13 +547,8 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
 
     highlights = sorted((f for f in tokens if f.stands_out and not f.set_aside),
                         key=lambda f: (-f.peak_contrast, f.index))
-    for band in bands:
-        band.peaks = [f.index for f in highlights if band.first_layer <= f.peak_layer <= band.last_layer]
-        if band.kind == "differentiating":
-            first, last = band.rows
-            band_means = _quiet(np.nanmean, ur[first:last + 1], axis=0)
-            order = np.argsort(-np.nan_to_num(band_means, nan=-1), kind="stable")
-            band.high_tokens = [int(np.flatnonzero(kept)[i]) for i in order if band_means[i] >= HIGH]
+    for b in bands:
+        b.peaks = [f.index for f in highlights if b.first_layer <= f.peak_layer <= b.last_layer]
 
     means_order = np.argsort(-np.nan_to_num(layer_means, nan=-np.inf), kind="stable")
     findings = Findings(
@@ -544,7 +558,7 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
         scale_low=scale_low, scale_high=scale_high,
         layer_means=[float(m) for m in layer_means], layer_medians=[float(m) for m in layer_medians],
         top_layers=[] if constant else [layers[i] for i in means_order[:min(3, n_layers)]],
-        bands=bands, tokens=tokens, highlights=highlights, runs=runs, anomalies=anomalies,
+        bands=bands, groups=groups, tokens=tokens, highlights=highlights, runs=runs, anomalies=anomalies,
         set_aside=list(dominant), min_run=min_run, trend=None if constant else _trend(layer_means, layers, span),
         token_kinds=token_kinds, phenomena=phenomena, aside_cells=aside_cells, rescaled=rescaled,
         metric=heatmap.metric, predicts=_predicts(heatmap, labels),
@@ -553,8 +567,39 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
         onset=next((b for i, b in enumerate(bands) if b.kind not in UNIFORM and i > 0
                     and all(x.kind in UNIFORM for x in bands[:i])), None),
     )
+    findings.shown, findings.unshown = _shown(findings)
+    if color_range == "robust":
+        findings.clip = _clip(figure, valid & kept[None, :] if kept.any() else valid, palette == "diverging")
     findings.observations = _observations(findings, heatmap)
     return findings
+
+
+def _clip(figure: np.ndarray, read: np.ndarray, symmetric: bool) -> dict:
+    """The robust colour scale, from the figure's minimum to the 98th percentile of the cells the summary
+    reads (`read`: not explained by a phenomenon, not of a dominant token), so that every such cell keeps its
+    colours and what washed them out is clipped; the cells beyond it, and the (at most three) tokens with the
+    most cells above it."""
+    low, high = robust_range(np.where(read, figure, np.nan), symmetric)
+    if not symmetric:
+        low = float(np.nanmin(figure))
+    above = np.nan_to_num(figure, nan=-np.inf) > high
+    below = np.nan_to_num(figure, nan=np.inf) < low
+    per_token = above.sum(axis=0)
+    top = [int(t) for t in np.argsort(-per_token, kind="stable")[:3] if per_token[t] > 0]
+    return {"low": low, "high": high, "above": int(above.sum()), "below": int(below.sum()),
+            "tokens": [(t, int(per_token[t])) for t in top], "others": int(above.sum() - per_token[top].sum())}
+
+
+def _shown(f: Findings) -> tuple[list[TokenFinding], int]:
+    """The highlights the summary names, the strongest first, and how many others it counts: the tokens that
+    a listed run or (lens metrics) a settling prediction or a late drop already describes are neither."""
+    if f.metric in LENSES:  # (the summary of a lens lists no runs)
+        described = {p.tokens[0] for p in f.phenomena}
+    else:
+        described = {t.index for t in f.runs[:MAX_RUNS]}
+    rest = [h for h in f.highlights if h.index not in described]
+    n = MAX_HIGHLIGHTS + (2 if f.n_tokens > 100 else 0)
+    return rest[:n], len(rest[n:])
 
 
 def _settling(phenomena: list[Phenomenon], layers: list[int], n_positions: int) -> dict:

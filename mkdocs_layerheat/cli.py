@@ -10,6 +10,7 @@ import click
 from .heatmap import NORMALIZATIONS
 from .metrics import AGGREGATES, METRICS
 from .models import DTYPES
+from .spec import COLOR_RANGES
 
 
 @click.group()
@@ -223,38 +224,59 @@ def clear(config_file: Path) -> None:
 
 
 @main.command()
-@click.argument("heatmap_file", metavar="HEATMAP.json", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print bands, tokens, observations and the text as JSON.")
+@click.argument("heatmap_files", metavar="HEATMAP.json...", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the lead, phenomena, highlights, bands, tokens and the text as JSON.")
+@click.option("--color-range", type=click.Choice(COLOR_RANGES), default="full", show_default=True,
+              help="The figure's colour range: `robust` says which cells its colours clip.")
 @click.option("--templates", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="A folder whose summary.md overrides the plugin's own.")
-def summarize(heatmap_file: Path, as_json: bool, templates: Path | None) -> None:
+              help="A folder whose summary.md (panels.md) overrides the plugin's own.")
+def summarize(heatmap_files: tuple[Path, ...], as_json: bool, color_range: str, templates: Path | None) -> None:
     """Print the written summary of a heatmap that `layerheat extract` wrote (Markdown, or JSON with --json).
 
     HEATMAP.json needs `tokens`, `layers` and `values[layer][token]` (null for a cell without a value);
-    `metric`, `model`, `normalize` and `special` are used when present.
+    `metric`, `model`, `normalize` and `special` are used when present. Several files of one text (other
+    metrics) are read together, as the panels of a `metric: [a, b, ...]` block: one summary of what they
+    show together, then each one's own.
     """
     import json
 
     from .analysis import analyze
     from .heatmap import Heatmap
-    from .narrative import Narrative, summary_json
     from .labels import display_labels
+    from .narrative import joint_json, summary_json
     from .render import Renderer
 
-    try:
-        data = json.loads(heatmap_file.read_text(encoding="utf-8"))
-        heatmap = Heatmap.from_dict(data)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise click.ClickException(f"{heatmap_file}: not a heatmap JSON ({exc})") from None
-    normalize = data.get("normalize") or "none"
-    if normalize not in NORMALIZATIONS:
-        raise click.ClickException(f"{heatmap_file}: unknown normalize {normalize!r}")
-    labels = display_labels(heatmap.tokens, heatmap.token_bytes)
-    raw_known = normalize == "none"  # a normalised file no longer holds the raw values
-    findings = analyze(heatmap, heatmap.values, labels, normalize, raw_known)
-    narrative: Narrative = Renderer(templates).narrative
+    panels, raw_known = [], True
+    for path in heatmap_files:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            heatmap = Heatmap.from_dict(data)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise click.ClickException(f"{path}: not a heatmap JSON ({exc})") from None
+        normalize = data.get("normalize") or "none"
+        if normalize not in NORMALIZATIONS:
+            raise click.ClickException(f"{path}: unknown normalize {normalize!r}")
+        if panels and (heatmap.tokens != panels[0][0].tokens or normalize != panels[0][2]):
+            raise click.ClickException(f"{path}: not the same text and normalize as {heatmap_files[0]}: "
+                                       "heatmaps read together must share both")
+        labels = display_labels(heatmap.tokens, heatmap.token_bytes)
+        raw_known &= normalize == "none"  # a normalised file no longer holds the raw values
+        findings = analyze(heatmap, heatmap.values, labels, normalize, normalize == "none", color_range)
+        panels.append((heatmap, findings, normalize))
+    narrative = Renderer(templates).narrative
+    normalize = panels[0][2]
+    if len(panels) > 1:
+        pairs = [(h, f) for h, f, _ in panels]
+        document = joint_json(pairs, narrative, normalize, raw_known) if as_json else None
+        text = None if as_json else narrative.joint(pairs, normalize, raw_known) + "".join(
+            f"\n---\n\n**({letter}) {h.metric}.** " + narrative.markdown(h, f, normalize, raw_known)
+            for letter, (h, f) in zip("abcdefgh", pairs))
+    else:
+        heatmap, findings, _ = panels[0]
+        document = summary_json(heatmap, findings, narrative, normalize, raw_known) if as_json else None
+        text = None if as_json else narrative.markdown(heatmap, findings, normalize, raw_known)
     if as_json:
-        document = summary_json(heatmap, findings, narrative, normalize, raw_known)
         sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
     else:
-        sys.stdout.write(narrative.markdown(heatmap, findings, normalize, raw_known))
+        sys.stdout.write(text)

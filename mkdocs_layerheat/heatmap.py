@@ -106,3 +106,20 @@ def normalize(values: np.ndarray, mode: str) -> np.ndarray:
         span = np.nanmax(v, axis=axis, keepdims=True) - lo
         out = np.where(span > 0, (v - lo) / np.where(span > 0, span, 1), 0.0)
     return np.where(np.isnan(v), np.nan, out).astype(np.float32)
+
+
+ROBUST = 98  # `color_range: robust`: the colours end at this percentile (seaborn's `robust=True` upper bound)
+
+
+def robust_range(values: np.ndarray, symmetric: bool = False) -> tuple[float, float]:
+    """From the minimum to the 98th percentile of `values` (the cells with a value; their full range if those
+    coincide); `symmetric`: plus and minus the 98th percentile of their magnitudes."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return 0.0, 1.0
+    if symmetric:
+        high = float(np.percentile(np.abs(v), ROBUST)) or float(np.abs(v).max()) or 1.0
+        return -high, high
+    high = float(np.percentile(v, ROBUST))
+    return (float(v.min()), high) if high > v.min() else (float(v.min()), float(v.max()))

@@ -17,6 +17,7 @@ from jinja2 import BaseLoader, Environment, StrictUndefined, pass_context
 
 from .analysis import MAX_RUNS, Findings
 from .compare import IDENTICAL, Difference
+from .joint import Link, links
 from .heatmap import Heatmap
 from .metrics import METRICS
 from .phenomena import LENSES, SOURCES, Phenomenon
@@ -28,7 +29,8 @@ WHITESPACE = {"␣", "↵", "⇥", "␣␣", "↵↵"}
 PALE = 0.25  # the other cells span less than this share of the figure's scale: they look pale next to the rest
 TEMPLATE = "summary.md"
 COMPARE_TEMPLATE = "compare.md"
-PER_BAND = 4  # token highlights listed per band (the strongest), the rest counted
+PANELS_TEMPLATE = "panels.md"
+LETTERS = "abcdefgh"
 
 
 def number(value: float | None) -> str:
@@ -76,6 +78,13 @@ def span(first_last) -> str:
     """A (first, last) run of layers as a list of them names it: "12" or "12–26"."""
     first, last = first_last
     return str(first) if first == last else f"{first}–{last}"
+
+
+def spans(runs) -> str:
+    """Runs of layers as a text names them: "layer 5", "layers 4–10 and 13–30"."""
+    runs = list(runs)
+    word = "layer" if len(runs) == 1 and runs[0][0] == runs[0][1] else "layers"
+    return f"{word} {join([span(r) for r in runs])}"
 
 
 def model_name(ref: str) -> str:
@@ -157,14 +166,14 @@ def _interpretation(f: Findings, tok) -> list[str]:
         first = [p for p in sinks if p.tokens[0] == 0]
         others = [p for p in sinks if p.tokens[0] != 0]
         if first:
-            out.append("A first-token sink is how causal models typically park attention that no other token needs "
-                       "(Xiao et al. 2023); Sun et al. 2024 find that such tokens also carry massive activations, "
-                       "which a `hidden-norm` figure of the same text would show.")
+            out.append("A first-token sink is where causal models typically park attention that no other token "
+                       "needs (Xiao et al. 2023); such tokens also carry massive activations (Sun et al. 2024), which "
+                       "a `hidden-norm` figure of the same text would show.")
         if others:
             out.append(f"{join([tok(p.tokens[0]) for p in others])} "
                        f"{'is a sink' if len(others) == 1 else 'are sinks'} away from the first position, consistent "
-                       f"with Gu et al. 2024, who find that sinks form on tokens the model treats as carrying little "
-                       f"meaning, often whitespace or delimiters.")
+                       f"with Gu et al. 2024: sinks also form on tokens that carry little meaning, often whitespace "
+                       f"or delimiters.")
     massive = f.of("massive-activation")
     if massive:
         names = join([tok(p.tokens[0]) for p in massive[:3]])
@@ -176,9 +185,32 @@ def _interpretation(f: Findings, tok) -> list[str]:
                    "the prediction, only that it is not yet in the output's basis (Belrose et al. 2023)"
                    + ("; the late drops suggest that the last layers spread probability back over alternatives."
                       if f.of("late-drop") else "."))
-    if f.onset and not f.phenomena:
+    if f.onset and not f.phenomena and f.metric not in LENSES:
         out.append("Uniform lower layers followed by tokens that differ are consistent with early layers treating "
                    "all tokens alike and later ones specialising.")
+    return out
+
+
+def _joint_interpretation(found: list[Link], tok) -> list[str]:
+    """The hedged reading of what the panels show together."""
+    out = []
+    both = [k for k in found if k.kind == "sink-and-massive"]
+    if both:
+        out.append("A token that is both a sink and a massive activation is what Sun et al. 2024 report: massive "
+                   "activations act as fixed biases, and attention concentrates on the tokens that carry them.")
+        if any(k.kind == "update" and k.data["level"] == "quiet" and k.token in {b.token for b in both}
+               for k in found):
+            out.append("That its update stays small over the same layers fits this reading: its state is held "
+                       "rather than computed on.")
+    alone = [k for k in found if k.kind == "sink-only"]
+    raised = [k for k in alone if k.data["raised"]]
+    if raised:
+        out.append(f"That {join([tok(k.token) for k in raised])} {'is a sink' if len(raised) == 1 else 'are sinks'} "
+                   f"while {'its' if len(raised) == 1 else 'their'} norm is several times the others' is "
+                   f"consistent with the same link at a smaller scale.")
+    if len(raised) < len(alone):
+        out.append("A sink without a raised norm is consistent with Gu et al. 2024, who find that sinks act like "
+                   "key biases: what draws the attention need not be the size of the hidden state.")
     return out
 
 
@@ -190,7 +222,7 @@ class Narrative:
                                keep_trailing_newline=True, undefined=StrictUndefined)
         self.env.filters.update(num=scaled, raw=number, pct=percent, code=code, cell=cell, signed=signed,
                                 times=times, span=span)
-        self.env.globals.update(join=join, layers=layers)
+        self.env.globals.update(join=join, layers=layers, spans=spans)
 
     def context(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool = True,
                 shared: bool = False) -> dict:
@@ -199,6 +231,9 @@ class Narrative:
         metric = METRICS.get(heatmap.metric)
         span = f.scale_high - f.scale_low
         lens_metric = heatmap.metric in LENSES
+        # the width of the colour scale: the robust one, the 0-1 scale shared with the other panel, or the figure's
+        scale_width = (f.clip["high"] - f.clip["low"]) if f.clip else (
+            1.0 if shared and normalize != "none" else f.high - f.low)
 
         def tok(index: int) -> str:
             """A token as the text names it: its label, with its position when the label occurs twice; under a
@@ -224,9 +259,9 @@ class Narrative:
             return f"{code(f.labels[indices[0]])} (positions {join([str(i) for i in indices])})"
 
         observations = f.observations
-        lead = observations[:1] + [o for o in observations[1:2] if o.kind != "run" and not (
-            o.kind == "structure" and len(f.bands) > 4) and not (lens_metric and o.kind == "sink")
-            and not (o.kind == "trend" and normalize == "layer")]
+        # a second lead sentence only for a phenomenon or an anomaly (the bands and peaks have their sections)
+        lead = observations[:1] + [o for o in observations[1:2] if o.kind in (
+            "attention-sink", "massive-activation", "convergence", "sink", "anomaly")]
         third = max(1, f.n_layers // 3)
         return {
             "f": f,
@@ -251,13 +286,13 @@ class Narrative:
             "sources": SOURCES,
             "delimiters": DELIMITERS,
             "whitespace": WHITESPACE,
-            "pale": bool(f.aside_cells) and not f.rescaled and span < PALE * (f.high - f.low),
+            "pale": span < PALE * scale_width and (shared or bool(f.aside_cells) and not f.rescaled),
             "interpretation": _interpretation(f, tok),
             "lead": lead,
             "low_below": f.scale_low + span / 3,
             "high_above": f.scale_low + 2 * span / 3,
-            "per_band": PER_BAND,
             "max_runs": MAX_RUNS,
+            "unusual": {a.indices[0] for a in f.profile_anomalies if a.listed_run},
             "tok": tok,
             "toks": toks,
             "some": some,
@@ -275,8 +310,9 @@ class Narrative:
         return self.env.get_template(TEMPLATE).make_module(self.context(heatmap, findings, normalize, raw_known))
 
     def comparison(self, a: Heatmap, b: Heatmap, diff: Difference, labels: tuple[list[str], list[str]],
-                   names: tuple[str, str], normalize: str) -> str:
-        """The summary of a `compare:` block (`compare.md`): what differs between heatmap (a) and (b)."""
+                   names: tuple[str, str], normalize: str, clip: tuple[float, float] | None = None) -> str:
+        """The summary of a `compare:` block (`compare.md`): what differs between heatmap (a) and (b); `clip`,
+        the robust colour range of panels (a) and (b)."""
         labels_a, labels_b = labels
 
         def tok(index: int) -> str:
@@ -287,9 +323,41 @@ class Narrative:
         text = self.env.get_template(COMPARE_TEMPLATE).render(
             a=a, b=b, d=diff, tok=tok, names=[code(n) for n in names],
             decimals=decimals(max(diff.largest, IDENTICAL * diff.scale)),  # resolve the differences themselves
-            changed=[tok(i) for i in diff.changed], identical=IDENTICAL, normalize=normalize,
+            changed=[tok(i) for i in diff.changed], identical=IDENTICAL, normalize=normalize, clip=clip,
         )
         return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+    def _joint_context(self, panels: list[tuple[Heatmap, Findings]], normalize: str, raw_known: bool) -> dict:
+        found = links(panels) if raw_known else []
+        first, f0 = panels[0]
+
+        def tok(index: int) -> str:
+            return code(f0.labels[index]) + (f" (position {index})" if f0.repeated(index) else "")
+
+        rows = []
+        for letter, (heatmap, f) in zip(LETTERS, panels):
+            label = METRICS[heatmap.metric].label if heatmap.metric in METRICS else heatmap.metric
+            rows.append({"letter": letter, "heatmap": heatmap, "findings": f, "label": label,
+                         "named": f"({letter}) the {label}",
+                         "lead": self.sentences(heatmap, f, normalize, raw_known)["lead"]})
+        return dict(
+            panels=rows, links=found, tok=tok, normalize=normalize, n_tokens=f0.n_tokens,
+            first_layer=min(f.layers[0] for _, f in panels), last_layer=max(f.layers[-1] for _, f in panels),
+            model_name=model_name(first.model), interpretation=_joint_interpretation(found, tok),
+        )
+
+    def joint(self, panels: list[tuple[Heatmap, Findings]], normalize: str, raw_known: bool = True) -> str:
+        """The one summary of several metrics of one text (`panels.md`): the links between the panels first,
+        then each panel's lead. Every panel's own summary is `markdown()` of it."""
+        context = self._joint_context(panels, normalize, raw_known)
+        text = self.env.get_template(PANELS_TEMPLATE).render(context)
+        return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+    def link_sentences(self, panels: list[tuple[Heatmap, Findings]], normalize: str, raw_known: bool = True):
+        """(link, its sentence as one line of Markdown) for each link between the panels."""
+        context = self._joint_context(panels, normalize, raw_known)
+        module = self.env.get_template(PANELS_TEMPLATE).make_module(context)
+        return [(k, " ".join(str(module.link(k)).split())) for k in context["links"]]
 
     def sentences(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool = True) -> dict:
         """The lead, each ranked observation and each phenomenon's sentence, as one-line Markdown."""
@@ -316,7 +384,7 @@ def summary_json(heatmap: Heatmap, findings: Findings, narrative: Narrative, nor
     """The `layerheat summarize --json` document: the lead, phenomena, highlights, bands, tokens and the text."""
     f = findings
     said = narrative.sentences(heatmap, f, normalize, raw_known)
-    shown = [i for b in f.bands for i in b.peaks[:PER_BAND]]
+    shown = [t.index for t in f.shown]
     return {
         "lead": said["lead"],
         "phenomena": [
@@ -347,4 +415,19 @@ def summary_json(heatmap: Heatmap, findings: Findings, narrative: Narrative, nor
         ],
         "observations": said["observations"],
         "text": narrative.markdown(heatmap, f, normalize, raw_known),
+    }
+
+
+def joint_json(panels: list[tuple[Heatmap, Findings]], narrative: Narrative, normalize: str,
+               raw_known: bool = True) -> dict:
+    """`layerheat summarize A.json B.json --json`: the links between the panels, each panel's own document,
+    and the joint text."""
+    said = narrative.link_sentences(panels, normalize, raw_known)
+    return {
+        "lead": said[0][1] if said else narrative.sentences(*panels[0], normalize, raw_known)["lead"],
+        "links": [{"kind": k.kind, "token": k.token, "panels": [LETTERS[i] for i in k.panels], "sentence": sentence}
+                  for k, sentence in said],
+        "panels": [{"letter": letter, "metric": h.metric, **summary_json(h, f, narrative, normalize, raw_known)}
+                   for letter, (h, f) in zip(LETTERS, panels)],
+        "text": narrative.joint(panels, normalize, raw_known),
     }

@@ -53,7 +53,7 @@ class LayerheatConfig(base.Config):
     """Seconds a local worker process keeps the model loaded after computing for a build (0: no worker); a
     later `mkdocs build` hands it its misses instead of loading the model again (also: LAYERHEAT_WORKER)."""
     templates = c.Optional(c.Dir(exists=True))
-    """A folder of Jinja2 templates overriding the plugin's own (`heatmap.html`, `summary.md`, `summary.html`, `error.html`, `placeholder.html`)."""
+    """A folder of Jinja2 templates overriding the plugin's own (`heatmap.html`, `summary.md`, `summary.html`, `compare.md`, `compare.html`, `panels.md`, `panels.html`, `sides.html`, `error.html`, `placeholder.html`)."""
 
 
 def _export(outcome: plan.Outcome, suffix: str) -> str | None:
@@ -165,7 +165,8 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
         if not self.config.enabled:
             return self.renderer.placeholder(spec)
         outcomes = []
-        for side, which in zip(spec.sides(), ("", "in 'compare': ")):
+        prefixes = [f"in metric '{side.metric}': " for side in spec.sides()] if spec.panels else ["", "in 'compare': "]
+        for side, which in zip(spec.sides(), prefixes):
             outcome = self.outcomes.get(side) or plan.run([side], self.plan_settings, log)[side]
             if outcome.error:
                 return self._error(where, which + outcome.error)
@@ -201,16 +202,23 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
         return outcome.error or outcome.heatmap
 
     def _draw(self, spec: HeatmapSpec, number: int, heatmaps: list, data_urls: list[str]) -> str:
-        """The figure's HTML: one heatmap, or the two of a `compare:` block on one scale with their difference."""
+        """The figure's HTML: one heatmap, the panels of several metrics, or the two of a `compare:` block on one
+        scale with their difference."""
         from .analysis import analyze
         from .compare import difference, shared_scale, side_names
         from .labels import display_labels
 
         labels = [display_labels(heatmap.tokens, heatmap.token_bytes) for heatmap in heatmaps]
-        if len(heatmaps) == 1:
-            values = heatmaps[0].normalized(spec.normalize)
-            findings = analyze(heatmaps[0], values, labels[0], spec.normalize)
-            return self.renderer.figure(number, heatmaps[0], values, labels[0], spec, findings, data_url=data_urls[0])
+        if spec.compare is None:
+            sides = []
+            for heatmap, label, url in zip(heatmaps, labels, data_urls):
+                values = heatmap.normalized(spec.normalize)
+                sides.append((heatmap, values, label, analyze(heatmap, values, label, spec.normalize,
+                                                              color_range=spec.color_range, palette=spec.palette), url))
+            if spec.panels:
+                return self.renderer.panels(number, sides, spec)
+            heatmap, values, label, findings, url = sides[0]
+            return self.renderer.figure(number, heatmap, values, label, spec, findings, data_url=url)
         a, b = heatmaps
         values = shared_scale(a, b, spec.normalize)
         sides = [(h, v, lab, analyze(h, v, lab), url) for h, v, lab, url in zip(heatmaps, values, labels, data_urls)]

@@ -96,7 +96,7 @@ def _scale(values: np.ndarray, normalize: str, palette: str) -> tuple[float, flo
 
 
 def _panel(heatmap: Heatmap, values: np.ndarray, labels: list[str], scale: tuple[float, float], palette: str,
-           layer_label: str, show_raw: bool, title: str | None = None, x_range=None):
+           layer_label: str, show_raw: bool, title: str | None = None, x_range=None, clipped: bool = False):
     """One heatmap as a Bokeh figure: an image glyph whose values (and the raw values for the tooltip)
     travel as base64 float32 arrays, a few bytes per cell, instead of a JSON object per cell."""
     import numpy as np
@@ -119,6 +119,12 @@ def _panel(heatmap: Heatmap, values: np.ndarray, labels: list[str], scale: tuple
     )
     image = fig.image(image=[values.astype(np.float32)], x=-0.5, y=-0.5, dw=n_tokens, dh=n_layers, color_mapper=mapper)
     metric = _label(heatmap.metric)
+    if clipped:  # cells beyond the colour scale: ▲ above it, ▼ below it
+        for marker, (rows, cols) in (("triangle", np.nonzero(values > scale[1])),
+                                     ("inverted_triangle", np.nonzero(values < scale[0]))):
+            if len(rows):
+                fig.scatter(x=cols.tolist(), y=rows.tolist(), marker=marker, size=6, fill_color="white",
+                            line_color="black", line_width=0.5)
     kinds = heatmap.kinds
     cell = CustomJSHover(
         args={"labels": labels, "kinds": kinds, "layers": [str(layer) for layer in heatmap.layers],
@@ -141,7 +147,8 @@ def _panel(heatmap: Heatmap, values: np.ndarray, labels: list[str], scale: tuple
     fig.axis.major_tick_line_color = None
     fig.axis.axis_line_color = None
     fig.outline_line_color = None
-    bar = ColorBar(color_mapper=mapper, width=12, title=metric, ticker=BasicTicker())
+    bar = ColorBar(color_mapper=mapper, width=12, title=f"{metric} (clipped ▲▼)" if clipped else metric,
+                   ticker=BasicTicker())
     if scale == (0.0, 1.0):
         bar.ticker, bar.formatter = FixedTicker(ticks=[i / 5 for i in range(6)]), PrintfTickFormatter(format="%.1f")
     fig.add_layout(bar, "right")
@@ -149,15 +156,19 @@ def _panel(heatmap: Heatmap, values: np.ndarray, labels: list[str], scale: tuple
 
 
 def figure_item(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: str,
-                palette: str = "yellow-brown", layer_label: str = "Layer") -> dict:
-    """The Bokeh figure as a `json_item`, to embed with `Bokeh.embed.embed_item`."""
-    scale = _scale(values, normalize, palette)
-    return _json_item(_panel(heatmap, values, labels, scale, palette, layer_label, normalize != "none"))
+                palette: str = "yellow-brown", layer_label: str = "Layer",
+                clip: tuple[float, float] | None = None) -> dict:
+    """The Bokeh figure as a `json_item`, to embed with `Bokeh.embed.embed_item`; `clip`, a robust colour
+    range (the cells beyond it are marked)."""
+    scale = clip or _scale(values, normalize, palette)
+    return _json_item(_panel(heatmap, values, labels, scale, palette, layer_label, normalize != "none",
+                             clipped=clip is not None))
 
 
 def compare_item(sides: list[tuple[Heatmap, np.ndarray, list[str]]], titles: list[str],
                  delta: tuple[Heatmap, np.ndarray, list[str]] | None, normalize: str,
-                 palette: str = "yellow-brown", layer_label: str = "Layer") -> dict:
+                 palette: str = "yellow-brown", layer_label: str = "Layer",
+                 clip: tuple[float, float] | None = None) -> dict:
     """Panels (a) and (b) on one colour scale, then (c) their difference on a diverging scale, as one `json_item`.
 
     Panels of the same length pan and zoom together.
@@ -166,18 +177,34 @@ def compare_item(sides: list[tuple[Heatmap, np.ndarray, list[str]]], titles: lis
     from bokeh.layouts import column
 
     both = np.concatenate([values.ravel() for _, values, _ in sides])
-    scale = _scale(both, normalize, palette)
+    scale = clip or _scale(both, normalize, palette)
     same_length = len(sides[0][0].tokens) == len(sides[1][0].tokens)
     panels = []
     for (heatmap, values, labels), title in zip(sides, titles):
         x_range = panels[0].x_range if panels and same_length else None
-        panels.append(_panel(heatmap, values, labels, scale, palette, layer_label, normalize != "none", title, x_range))
+        panels.append(_panel(heatmap, values, labels, scale, palette, layer_label, normalize != "none", title, x_range,
+                             clip is not None))
     if delta is not None:
         heatmap, values, labels = delta
         span = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 0.0
         span = span if span > 0 else 1.0  # identical: an all-white panel on a nominal scale
         panels.append(_panel(heatmap, values, labels, (-span, span), "diverging", layer_label, normalize != "none",
                              titles[2], panels[0].x_range))
+    return _json_item(column(panels, sizing_mode="stretch_width"))
+
+
+def panels_item(sides: list[tuple[Heatmap, np.ndarray, list[str], tuple[float, float] | None]], titles: list[str],
+                normalize: str, palette: str = "yellow-brown", layer_label: str = "Layer") -> dict:
+    """Several metrics of one text, one panel each (its own colour scale, or robust `clip`), stacked on one
+    token axis that pans and zooms them together, as one `json_item`."""
+    from bokeh.layouts import column
+
+    panels = []
+    for (heatmap, values, labels, clip), title in zip(sides, titles):
+        scale = clip or _scale(values, normalize, palette)
+        x_range = panels[0].x_range if panels else None
+        panels.append(_panel(heatmap, values, labels, scale, palette, layer_label, normalize != "none", title,
+                             x_range, clip is not None))
     return _json_item(column(panels, sizing_mode="stretch_width"))
 
 
@@ -268,7 +295,8 @@ class Renderer:
     def figure(self, number: int, heatmap: Heatmap, values: np.ndarray, labels: list[str], spec, findings,
                data_url: str | None = None) -> str:
         """A numbered, linkable figure: the Bokeh payload, caption, metric definition, data links, summary."""
-        item = figure_item(heatmap, values, labels, spec.normalize, spec.palette, spec.layer_label)
+        clip = (findings.clip["low"], findings.clip["high"]) if findings.clip else None
+        item = figure_item(heatmap, values, labels, spec.normalize, spec.palette, spec.layer_label, clip)
         metric = METRICS.get(heatmap.metric)
         return self.env.get_template("heatmap.html").render(
             number=number,
@@ -285,19 +313,23 @@ class Renderer:
     def comparison(self, number: int, sides: list[tuple[Heatmap, np.ndarray, list[str], Findings, str | None]],
                    diff: Difference, names: tuple[str, str], spec) -> str:
         """A `compare:` figure: panels (a) and (b) on one scale, (c) their difference, and what differs."""
-        from .heatmap import Heatmap
+        import numpy as np
+
+        from .heatmap import Heatmap, robust_range
         from .narrative import markdown_to_html
 
         (a, va, labels_a, _, _), (b, vb, labels_b, _, _) = sides
         titles = [f"(a) {names[0]}", f"(b) {names[1]}", "(c) difference, b − a"]
+        clip = robust_range(np.concatenate([va.ravel(), vb.ravel()]), spec.palette == "diverging") \
+            if spec.color_range == "robust" else None
         delta = None
         if diff.values is not None:
             raw = Heatmap(b.values - a.values, b.tokens, b.layers, f"Δ {_label(a.metric)}", b.model, kinds=b.kinds)
             delta = (raw, diff.values, [x if x == y else f"{x}→{y}" for x, y in zip(labels_a, labels_b)])
         item = compare_item([(a, va, labels_a), (b, vb, labels_b)], titles, delta, spec.normalize, spec.palette,
-                            spec.layer_label)
+                            spec.layer_label, clip)
         metric = METRICS.get(a.metric)
-        text = self.narrative.comparison(a, b, diff, (labels_a, labels_b), names, spec.normalize)
+        text = self.narrative.comparison(a, b, diff, (labels_a, labels_b), names, spec.normalize, clip)
         return self.env.get_template("compare.html").render(
             number=number,
             target_id=f"layerheat-{number}",
@@ -309,6 +341,31 @@ class Renderer:
             height=sum(figure_height(len(h.layers)) for h, *_ in sides) + (figure_height(len(b.layers)) if delta else 0),
             summary=self.env.get_template("summary.html").render(body=markdown_to_html(text), markdown=text),
             side_summaries=[self.summary(h, findings, spec.normalize, shared=True) for h, _, _, findings, _ in sides],
+        )
+
+    def panels(self, number: int, sides: list[tuple[Heatmap, np.ndarray, list[str], Findings, str | None]],
+               spec) -> str:
+        """A block of several metrics: one panel per metric on one token axis, the summary that reads them
+        together, and each panel's own summary."""
+        from .narrative import markdown_to_html
+
+        titles = [f"({letter}) {_label(h.metric)}" for letter, (h, *_) in zip("abcdefgh", sides)]
+        clips = [(f.clip["low"], f.clip["high"]) if f.clip else None for _, _, _, f, _ in sides]
+        item = panels_item([(h, v, lab, clip) for (h, v, lab, _, _), clip in zip(sides, clips)], titles,
+                           spec.normalize, spec.palette, spec.layer_label)
+        text = self.narrative.joint([(h, f) for h, _, _, f, _ in sides], spec.normalize)
+        return self.env.get_template("panels.html").render(
+            number=number,
+            target_id=f"layerheat-{number}",
+            spec=spec,
+            model=sides[0][0].model,
+            sides=[{"title": title, "metric": h.metric, "data_url": url,
+                    "definition": METRICS[h.metric].definition if h.metric in METRICS else h.metric}
+                   for title, (h, _, _, _, url) in zip(titles, sides)],
+            payload=_payload(item),
+            height=sum(figure_height(len(h.layers)) for h, *_ in sides),
+            summary=self.env.get_template("summary.html").render(body=markdown_to_html(text), markdown=text),
+            side_summaries=[self.summary(h, f, spec.normalize) for h, _, _, f, _ in sides],
         )
 
     def placeholder(self, spec) -> str:

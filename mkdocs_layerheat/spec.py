@@ -33,6 +33,7 @@ class HeatmapSpec:
     title: str = ""
     caption: str = ""
     palette: str = "yellow-brown"
+    color_range: str = "full"  # or "robust": the colours span the 2nd-98th percentile, clipped cells marked
     layer_label: str = "Layer"
     text_file: str | None = None
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -45,12 +46,15 @@ class HeatmapSpec:
     chat: bool = False
     generate: int = 0
     compare: HeatmapSpec | None = None  # the second heatmap of a side-by-side block (another model or text)
+    panels: tuple[HeatmapSpec, ...] = ()  # `metric: [a, b, ...]`: the other metrics' panels, on this text
 
     def sides(self) -> tuple[HeatmapSpec, ...]:
-        """The heatmaps this block needs: itself, and the one it is compared with."""
-        if self.compare is None:
-            return (self,)
-        return (dataclasses.replace(self, compare=None), self.compare)
+        """The heatmaps this block needs: itself, and the one it is compared with or its other panels."""
+        if self.compare is not None:
+            return (dataclasses.replace(self, compare=None), self.compare)
+        if self.panels:
+            return (dataclasses.replace(self, panels=()), *self.panels)
+        return (self,)
 
     def request(self) -> MetricRequest:
         """The metric and its options, as extraction takes them."""
@@ -69,12 +73,14 @@ class HeatmapSpec:
 
 
 _KEYS = (
-    "model", "text", "text_file", "metric", "normalize", "title", "caption", "palette", "layer_label", "max_tokens",
+    "model", "text", "text_file", "metric", "normalize", "title", "caption", "palette", "color_range",
+    "layer_label", "max_tokens",
     "query", "target", "heads", "aggregate", "layers", "embeddings", "chat", "generate", "compare",
 )
 _COMPARE_KEYS = ("model", "text", "text_file")  # what the second heatmap of a `compare:` block may change
 # light yellow to dark brown; two colour-blind-safe sequential maps; blue-white-red for signed values
 PALETTES = ("yellow-brown", "cividis", "viridis", "diverging")
+COLOR_RANGES = ("full", "robust")
 _SITE_KEYS = ("device", "dtype", "device_map", "trust_remote_code")  # mkdocs.yml only, never a page
 
 
@@ -132,10 +138,39 @@ def parse_spec(body: str, docs_dir: str | Path | None = None) -> HeatmapSpec:
         raise SpecError("empty layerheat block: it needs at least 'model' and 'text'")
     if not isinstance(data, dict):
         raise SpecError(f"the block must be a YAML mapping of keys, not a {type(data).__name__}")
+    if isinstance(data.get("metric"), list):
+        return _panels(data, lines, docs_dir)
     spec = _from_data(data, lines, docs_dir)
     if "compare" not in data:
         return spec
     return dataclasses.replace(spec, compare=_compared(data, spec, lines.get("compare"), docs_dir))
+
+
+MAX_PANELS = 4
+_PANEL_OPTIONS = ("query", "target", "heads", "aggregate", "embeddings")  # keys that apply to some metrics only
+
+
+def _panels(data: dict, lines: dict[str, int], docs_dir: str | Path | None) -> HeatmapSpec:
+    """`metric: [a, b, ...]`: one spec per metric on the same text, the first holding the others as `panels`.
+    A metric option goes to the panels whose metric takes it, and must apply to at least one."""
+    metrics, line = data["metric"], lines.get("metric")
+    if "compare" in data:
+        raise SpecError("give either a list of metrics or 'compare', not both", lines.get("compare"))
+    if not 2 <= len(metrics) <= MAX_PANELS or not all(isinstance(m, str) for m in metrics):
+        raise SpecError(f"'metric' must be one metric name or a list of 2 to {MAX_PANELS} of them", line)
+    if len(set(metrics)) < len(metrics):
+        raise SpecError("'metric' lists the same metric twice", line)
+    for key in _PANEL_OPTIONS:
+        if key in data and not any(key in METRICS[m].options or (key == "embeddings" and METRICS[m].embeddings)
+                                   for m in metrics if m in METRICS):
+            raise SpecError(f"'{key}' applies to none of the metrics {', '.join(metrics)}", lines.get(key))
+    specs = []
+    for metric in metrics:
+        info = METRICS.get(metric)
+        keep = {k: v for k, v in data.items() if k not in _PANEL_OPTIONS or info is None
+                or k in info.options or (k == "embeddings" and info.embeddings)}
+        specs.append(_from_data({**keep, "metric": metric}, lines, docs_dir))
+    return dataclasses.replace(specs[0], panels=tuple(specs[1:]))
 
 
 def _compared(data: dict, spec: HeatmapSpec, line: int | None, docs_dir: str | Path | None) -> HeatmapSpec:
@@ -187,19 +222,16 @@ def _from_data(data: dict, lines: dict[str, int], docs_dir: str | Path | None) -
     metric = string("metric", "attention")
     if metric not in METRICS:
         raise SpecError(f"unknown metric '{metric}'{_did_you_mean(metric, METRICS)}", lines.get("metric"))
-    normalize = string("normalize", "global")
-    if normalize not in NORMALIZATIONS:
-        raise SpecError(
-            f"unknown normalize '{normalize}'{_did_you_mean(normalize, NORMALIZATIONS)}"
-            f" (one of: {', '.join(NORMALIZATIONS)})",
-            lines.get("normalize"),
-        )
-    palette = string("palette", "yellow-brown")
-    if palette not in PALETTES:
-        raise SpecError(
-            f"unknown palette '{palette}'{_did_you_mean(palette, PALETTES)} (one of: {', '.join(PALETTES)})",
-            lines.get("palette"),
-        )
+    def choice(key: str, default: str, options) -> str:
+        value = string(key, default)
+        if value not in options:
+            raise SpecError(f"unknown {key} '{value}'{_did_you_mean(value, options)} (one of: {', '.join(options)})",
+                            lines.get(key))
+        return value
+
+    normalize = choice("normalize", "global", NORMALIZATIONS)
+    palette = choice("palette", "yellow-brown", PALETTES)
+    color_range = choice("color_range", "full", COLOR_RANGES)
     max_tokens = data.get("max_tokens", DEFAULT_MAX_TOKENS)
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise SpecError("'max_tokens' must be a positive integer", lines.get("max_tokens"))
@@ -221,6 +253,7 @@ def _from_data(data: dict, lines: dict[str, int], docs_dir: str | Path | None) -
         title=string("title", "") or "",
         caption=string("caption", "") or "",
         palette=palette,
+        color_range=color_range,
         layer_label=string("layer_label", "Layer") or "Layer",
         text_file=text_file,
         max_tokens=max_tokens,

@@ -21,6 +21,8 @@ CODE = "(?:" + "|".join(rf"(?<!`){'`' * n}(?!`) ?{_INSIDE.get(n, '[^' + chr(10) 
 # a token reference: a code span, optionally followed by its position(s)
 TOK = rf"(?:{CODE}(?: \((?:position|positions) [\d, and]+\))?(?: → {CODE})?)"
 LAYERS = r"(?:Layers?|layers?) (\d+)(?:–(\d+))?"
+# a list of runs of layers, "layers 3–21, 24–26 and 29–30", as one group
+SPANS = r"(?:Layers?|layers?) (\d+(?:–\d+)?(?:(?:, | and )\d+(?:–\d+)?)*)"
 
 
 def close(stated: str, true: float, rel: float = 0.0) -> bool:
@@ -51,6 +53,7 @@ METRIC_OF = {"attention received:": "attention", "attention from one query:": "a
              "attention-sublayer norm:": "attn-norm", "MLP-sublayer norm:": "mlp-norm", "logit lens:": "logit-lens",
              "logit-lens rank:": "logit-lens-rank"}
 MASSIVE = ("hidden-norm", "attn-norm", "mlp-norm")
+LENSES = ("logit-lens", "logit-lens-rank")
 
 
 def metric_of(text: str) -> str:
@@ -330,10 +333,18 @@ class Reader:
         if length is not None:
             self.expect(int(length) == b - a + 1, f"{ref}: run length {length}")
 
-    def band_cells(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-        block_v, block_u = self.v[a:b + 1][:, self.kept], self.u[a:b + 1][:, self.kept]
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Row runs of a stated list of layer runs ("3–21, 24–26 and 29–30")."""
+        return [self.rows(a, b or None) for a, b in re.findall(r"(\d+)(?:–(\d+))?", text)]
+
+    def band_cells(self, spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.concatenate([np.arange(a, b + 1) for a, b in spans])
+        block_v, block_u = self.v[rows][:, self.kept], self.u[rows][:, self.kept]
         ok = ~np.isnan(block_v)
         return block_v[ok], block_u[ok]
+
+    def band_rows(self, spans: list[tuple[int, int]]) -> np.ndarray:
+        return np.concatenate([np.arange(a, b + 1) for a, b in spans])
 
     def check(self) -> list[str]:
         text = self.text
@@ -370,6 +381,32 @@ class Reader:
         eat(r"`(?:hidden-norm|attention)` figure of the same text", lambda m: None)
         eat(r"The single token of the text", lambda m: self.expect(self.n_tokens == 1, "single token"))
 
+        def clipped(m):  # `color_range: robust`: the colours end at the 98th percentile of the cells read
+            read = self.figure[self.valid & self.kept[None, :]]
+            symmetric = m.group("sym") is not None
+            high = np.percentile(np.abs(read) if symmetric else read, 98)
+            low = -high if symmetric else np.nanmin(self.figure)
+            if symmetric and not high:
+                high = np.abs(read).max() or 1.0
+                low = -high
+            elif not high > low:
+                high = read.max()
+            self.expect((symmetric or close(m.group("lo"), low)) and close(m.group("hi"), high), "robust colour range")
+            above = np.nan_to_num(self.figure, nan=-np.inf) > high
+            below = np.nan_to_num(self.figure, nan=np.inf) < low
+            self.expect(int(m.group("above") or 0) == above.sum(), f"{int(above.sum())} cells above the colours")
+            self.expect(int(m.group("below") or 0) == below.sum(), f"{int(below.sum())} cells below the colours")
+            per_token = above.sum(axis=0)
+            named = re.findall(rf"({TOK}): (\d+)", m.group("tokens") or "")
+            for ref, n in named:
+                (t,) = self.token(ref)[:1] or [0]
+                self.expect(per_token[t] == int(n), f"{ref} has {per_token[t]} cells above the colours, not {n}")
+            counts = sorted(per_token[per_token > 0], reverse=True)
+            self.expect(sorted((int(n) for _, n in named), reverse=True) == [int(x) for x in counts[:len(named)]]
+                        and len(named) == min(3, len(counts)), "the tokens with the most clipped cells")
+            self.expect(int(m.group("others") or 0) == above.sum() - sum(int(n) for _, n in named), "other clipped cells")
+        eat(rf"The colours (?:run from the lowest value, (?P<lo>{NUM}), to|span plus and minus) the 98th percentile(?P<sym> of the magnitudes)? of the cells described below, (?P<hi>{NUM}) \(`color_range: robust`\):(?: no cell lies outside it)?(?: (?P<above>\d+) cells? lies? above it, drawn in the darkest colour and marked ▲(?: \((?P<tokens>(?:{TOK}: \d+(?:, )?)+?)(?:, other tokens: (?P<others>\d+))?\))?)?;?(?: (?P<below>\d+) cells? lies? below it, drawn in the lightest colour and marked ▼)?\.", clipped)
+
         # set aside (dominant) tokens
         def aside(m):
             self.expect(sorted(self.set_aside) == sorted(self.dominant_rule()), "set-aside tokens are not the dominant ones")
@@ -381,60 +418,74 @@ class Reader:
             self.expect(self.aside.any() and self.span < 0.25 * (np.nanmax(self.figure) - np.nanmin(self.figure)), "pale")
         eat(rf"The other cells lie between (?P<lo>{NUM}) and (?P<hi>{NUM}), a small part of the figure's scale", pale)
 
+        def pale_shared(m):  # one side of a compare block, on the 0-1 scale shared with the other
+            self.expect(close(m.group("lo"), self.lo) and close(m.group("hi"), self.hi), "range of the cells")
+            self.expect(self.span < 0.25, "pale on the shared scale")
+        eat(rf"The cells lie between (?P<lo>{NUM}) and (?P<hi>{NUM}), a small part of the scale shared with the other panel", pale_shared)
+
         # bands
         bands: list[tuple[int, int, str]] = []
 
         def uniform(m):
-            a, b = self.rows(m.group(1), m.group(2))
-            cells_v, cells_u = self.band_cells(a, b)
-            bands.append((a, b, "uniform-" + m.group(3)))
+            spans = self.spans(m.group(1))
+            rows = self.band_rows(spans)
+            cells_v, cells_u = self.band_cells(spans)
+            name = m.group(1)
+            bands.extend((a, b, "uniform-" + m.group(2)) for a, b in spans)
             p10, p90 = np.percentile(cells_v, [10, 90])
-            self.expect(close(m.group(4) or m.group(6), p10) and close(m.group(6), p90), f"band {a}-{b}: percentiles")
-            self.expect(close(m.group(7), cells_v.mean()), f"band {a}-{b}: mean")
+            self.expect(close(m.group(3) or m.group(5), p10) and close(m.group(5), p90), f"band {name}: percentiles")
+            self.expect(close(m.group(6), cells_v.mean()), f"band {name}: mean")
             med = np.median(cells_u)
             level = {"high": med >= HIGH - 1e-9, "low": med <= LOW + 1e-9, "medium": LOW - 1e-9 <= med <= HIGH + 1e-9}
-            self.expect(level[m.group(3)], f"band {a}-{b} called uniformly {m.group(3)} but its median is {med:.2f}")
-            outliers = int(self.stands[a:b + 1][:, self.kept].sum())
+            self.expect(level[m.group(2)], f"band {name} called uniformly {m.group(2)} but its median is {med:.2f}")
+            outliers = int(self.stands[rows][:, self.kept].sum())
             named = re.findall(rf"({TOK}) at layer (\d+)", m.group("cells") or "")
             for ref, layer in named:
                 for t in self.token(ref):
-                    self.expect(bool(self.stands[self.row(layer), t]) and a <= self.row(layer) <= b, f"{ref} does not stand out at layer {layer}")
-            stated = int(m.group(8)) if m.group(8) else len(named)
-            self.expect(outliers == stated, f"band {a}-{b}: {outliers} cells stand out, the text says {stated}")
-        eat(LAYERS + rf" (?:is|are) uniformly (high|low|medium): 80% of (?:its|their) cells lie (?:between ({NUM}) and|at)() ({NUM}) \(mean ({NUM})\)(?:, apart from (?:(\d+) cells where a token stands out|(?P<cells>(?:{TOK} at layer \d+(?:, | and )?)+), where (?:a token stands|tokens stand) out))?", uniform)
+                    self.expect(bool(self.stands[self.row(layer), t]) and self.row(layer) in rows, f"{ref} does not stand out at layer {layer}")
+            stated = int(m.group(7)) if m.group(7) else len(named)
+            self.expect(outliers == stated, f"band {name}: {outliers} cells stand out, the text says {stated}")
+        eat(SPANS + rf" (?:is|are) uniformly (high|low|medium): 80% of (?:its|their) cells lie (?:between ({NUM}) and|at)() ({NUM}) \(mean ({NUM})\)(?:, apart from (?:(\d+) cells where a token stands out|(?P<cells>(?:{TOK} at layer \d+(?:, | and )?)+), where (?:a token stands|tokens stand) out))?", uniform)
 
         def sparse(m):
-            a, b = self.rows(m.group(1), m.group(2))
-            bands.append((a, b, "sparse"))
-            cells_v, cells_u = self.band_cells(a, b)
-            self.expect(close(m.group(4), self.lo + self.span / 3), "low threshold")
+            spans = self.spans(m.group(1))
+            name = m.group(1)
+            bands.extend((a, b, "sparse") for a, b in spans)
+            cells_v, cells_u = self.band_cells(spans)
+            self.expect(close(m.group(3), self.lo + self.span / 3), "low threshold")
             share = np.mean(cells_u <= LOW + 1e-12)
-            self.expect(abs(int(m.group(3)) - 100 * share) < 1, f"band {a}-{b}: share low {m.group(3)}% != {100 * share:.1f}%")
-            self.expect(share >= 0.5, f"band {a}-{b} called sparse but only {share:.0%} of its cells are low")
-            spikes = self.stands[a:b + 1][:, self.kept].mean()
-            self.expect(0 < spikes <= 0.25, f"band {a}-{b} called sparse with {spikes:.0%} of cells standing out")
-            self.expect(close(m.group(5), cells_v.mean()), f"band {a}-{b}: mean")
-        eat(r"In " + LAYERS + rf" most (?:tokens get little attention|cells are low) \((\d+)% of the cells below ({NUM})\) and a few stand out \(mean ({NUM})\)", sparse)
+            self.expect(abs(int(m.group(2)) - 100 * share) < 1, f"band {name}: share low {m.group(2)}% != {100 * share:.1f}%")
+            for a, b in spans:  # each band of the group is itself sparse
+                v, u = self.band_cells([(a, b)])
+                self.expect(np.mean(u <= LOW + 1e-12) >= 0.5, f"band {a}-{b} called sparse but only a minority of its cells are low")
+                spikes = self.stands[a:b + 1][:, self.kept].mean()
+                self.expect(0 < spikes <= 0.25, f"band {a}-{b} called sparse with {spikes:.0%} of cells standing out")
+            self.expect(close(m.group(4), cells_v.mean()), f"band {name}: mean")
+        eat(r"In " + SPANS + rf" most (?:tokens get little attention|cells are low) \((\d+)% of the cells below ({NUM})\) and a few stand out \(mean ({NUM})\)", sparse)
 
         def differentiating(m):
-            a, b = self.rows(m.group(1), m.group(2))
-            bands.append((a, b, "differentiating"))
-            cells_v, cells_u = self.band_cells(a, b)
+            spans = self.spans(m.group(1))
+            rows = self.band_rows(spans)
+            name = m.group(1)
+            bands.extend((a, b, "differentiating") for a, b in spans)
+            cells_v, cells_u = self.band_cells(spans)
             high, low = np.mean(cells_u >= HIGH - 1e-12), np.mean(cells_u <= LOW + 1e-12)
-            self.expect(abs(int(m.group(3)) - 100 * high) < 1, f"band {a}-{b}: share high")
-            self.expect(abs(int(m.group(5)) - 100 * low) < 1, f"band {a}-{b}: share low")
-            self.expect(close(m.group(4), self.lo + 2 * self.span / 3) and close(m.group(6), self.lo + self.span / 3), "thresholds")
-            self.expect(close(m.group(7), cells_v.mean()), f"band {a}-{b}: mean")
-            spread = np.percentile(cells_u, 90) - np.percentile(cells_u, 10)
-            self.expect(spread > 1 / 3 - 1e-9, f"band {a}-{b} called differentiating without spread")
+            self.expect(abs(int(m.group(2)) - 100 * high) < 1, f"band {name}: share high")
+            self.expect(abs(int(m.group(4)) - 100 * low) < 1, f"band {name}: share low")
+            self.expect(close(m.group(3), self.lo + 2 * self.span / 3) and close(m.group(5), self.lo + self.span / 3), "thresholds")
+            self.expect(close(m.group(6), cells_v.mean()), f"band {name}: mean")
+            for a, b in spans:
+                v, u = self.band_cells([(a, b)])
+                spread = np.percentile(u, 90) - np.percentile(u, 10)
+                self.expect(spread > 1 / 3 - 1e-9, f"band {a}-{b} called differentiating without spread")
             if m.group("high"):
-                means = quiet(np.nanmean, self.u[a:b + 1], axis=0)
+                means = quiet(np.nanmean, self.u[rows], axis=0)
                 for t in self.tokens(m.group("high")):
-                    self.expect(means[t] >= HIGH - 1e-9, f"{self.labels[t]} said to stay high in {a}-{b}")
+                    self.expect(means[t] >= HIGH - 1e-9, f"{self.labels[t]} said to stay high in {name}")
                 if m.group("more"):
                     n_high = int(np.sum(means[self.kept] >= HIGH - 1e-9))
                     self.expect(int(m.group("more")) == n_high - 4, "count of other high tokens")
-        eat(r"In " + LAYERS + rf" the tokens spread out: (\d+)% of the cells are high \(above ({NUM})\), (\d+)% low \(below ({NUM})\), the rest in between \(mean ({NUM})\)\.(?: (?P<high>(?:{TOK}(?:, | and )?)+?)(?:,? and (?P<more>\d+) other tokens)? stays? high(?: on average)?\.)?", differentiating)
+        eat(r"In " + SPANS + rf" the tokens spread out: (\d+)% of the cells are high \(above ({NUM})\), (\d+)% low \(below ({NUM}); mean ({NUM})\)\.(?: (?P<high>(?:{TOK}(?:, | and )?)+?)(?:,? and (?P<more>\d+) other tokens)? stays? high(?: on average)?\.)?", differentiating)
 
         if bands:
             bands.sort()
@@ -459,17 +510,25 @@ class Reader:
             self.expect(rho >= 0.8 if m.group(1) == "rises" else rho <= -0.8, f"trend {m.group(1)} but rho = {rho:.2f}")
         eat(r"The layer mean (rises|falls) with depth\.", trend_lead)
 
-        # token highlights, per band
-        def bullet(m):
-            a, b = self.rows(m.group(1), m.group(2))
-            shown = []
-            for p in re.finditer(rf"({TOK}) at layer (\d+) \(({NUM}) against a median of ({NUM})\)", m.group("items")):
-                shown.append(self.check_peak(p.group(1), p.group(2), p.group(3), p.group(4), where=(a, b)))
+        # token highlights: the strongest single cells, outside the listed runs (and, under a lens, the
+        # predictions the settling sentences describe)
+        listed_runs: list[int] = []
+
+        def shown(m):
+            named = []
+            for p in re.finditer(rf"({TOK}) at layer (\d+) \(({NUM}) against (?:a median of )?({NUM})\)", m.group("items")):
+                named.append(self.check_peak(p.group(1), p.group(2), p.group(3), p.group(4)))
+            described = set(listed_runs) | (set(settle) - {t for t, r in settle.items() if r is None} | set(drops)
+                                            if self.metric in LENSES else set())
             peaking = [t for t in range(self.n_tokens) if self.kept[t] and self.valid[:, t].any()
-                       and a <= self.peak_row(t) <= b and self.stands[self.peak_row(t), t]]
+                       and self.stands[self.peak_row(t), t] and t not in described]
+            self.expect(not set(named) & described, "a highlight repeats a token described above")
+            strength = {t: self.contrast[self.peak_row(t), t] for t in peaking}
+            weakest = min((strength.get(t, np.inf) for t in named), default=np.inf)
+            self.expect(all(strength[t] <= weakest + 1e-9 for t in peaking if t not in named),
+                        "a stronger highlight is left out")
             more = int(m.group("more")) if m.group("more") else 0
-            self.expect(len(peaking) == len(shown) + more, f"band {a}-{b}: {len(peaking)} tokens peak there, not {len(shown) + more}")
-        eat(r"^- " + LAYERS + r": (?P<items>.*?)(?:, and (?P<more>\d+) more tokens?)?\.$", bullet, re.M)
+            self.expect(len(peaking) == len(named) + more, f"{len(peaking)} tokens stand out, not {len(named) + more}")
 
         def most(m):
             t = self.check_peak_at(m.group(2), m.group(3))
@@ -486,15 +545,25 @@ class Reader:
                        if self.kept[x] and x not in self.anomalies())
             self.expect(int(m.group(2)) == b - a + 1 == best, f"{m.group(1)}: its run is not the longest ({m.group(2)})")
         eat(rf"({TOK}) stays above the others for (\d+) layers\.", run_lead)
-        eat(rf"({TOK}) stays clearly above the other tokens from layer (\d+) to (\d+) \(mean ({NUM}) against a median of ({NUM})\)",
-            lambda m: self.check_run(m.group(1), m.group(2), m.group(3), m.group(4), m.group(5)))
-        def more_runs(m):
-            self.expect(int(m.group(2)) == self.min_run, "minimum run length")
+        def runs(m):
+            for r in re.finditer(rf"({TOK}) from layer (\d+) to (\d+) \((?:mean )?({NUM}) against (?:a median of )?({NUM})(?P<unusual>; a depth profile unlike the others')?\)", m.group("items")):
+                self.check_run(r.group(1), r.group(2), r.group(3), r.group(4), r.group(5))
+                t = (self.token(r.group(1)) or [0])[0]
+                listed_runs.append(t)
+                if r.group("unusual"):
+                    idx, typical, nearest = self.to_typical()
+                    d = nearest[list(idx).index(t)] if t in idx else 0
+                    self.expect(d > max(0.15, 3 * typical), f"{self.labels[t]} said unlike the others")
             n = sum(1 for t in range(self.n_tokens) if self.kept[t]
                     and (lambda r: r[1] - r[0] + 1)(self.longest_run(t)) >= self.min_run)
-            listed = len(re.findall(r"stays clearly above the other tokens from layer", text))
-            self.expect(int(m.group(1)) == n - listed, f"{n - listed} more runs, not {m.group(1)}")
-        eat(r"(\d+) more tokens? ha(?:s|ve) such a run of at least (\d+) layers", more_runs)
+            more = int(m.group("more")) if m.group("more") else 0
+            self.expect(more == n - len(listed_runs), f"{n - len(listed_runs)} more runs, not {more}")
+            if m.group("more"):
+                self.expect(int(m.group("min")) == self.min_run, "minimum run length")
+            longest = sorted(((lambda r: r[1] - r[0] + 1)(self.longest_run(t)) for t in range(self.n_tokens) if self.kept[t]), reverse=True)
+            stated = [(lambda r: r[1] - r[0] + 1)(self.longest_run(t)) for t in listed_runs]
+            self.expect(sorted(stated, reverse=True) == longest[:len(stated)], "the listed runs are not the longest")
+        eat(r"Tokens that stay clearly above the others over a run of layers: (?P<items>.*?)(?:; (?P<more>\d+) more tokens? ha(?:s|ve) such a run of at least (?P<min>\d+) layers)?\.$", runs, re.M)
 
         # observations
         def structure(m):
@@ -553,12 +622,6 @@ class Reader:
         tail = rf"(?:at layer (?P<at>\d+)|from layer (?P<first>\d+) to (?P<last>\d+))"
         toks = rf"((?:{TOK}(?:, | and )?)+?)"
         eat(rf"{toks} (?:has|share) a depth profile unlike the other tokens': {tail} (?:it stays|they stay) (?P<dir>above|below) the others \(mean (?P<mean>{NUM}) against a median of (?P<median>{NUM})\)", profile)
-        def listed(m):
-            profile(m)
-            (t,) = self.token(m.group(1))[:1] or [0]
-            self.expect(self.longest_run(t) == self.rows(m.group("first"), m.group("last")), "the run given above")
-            self.expect(f"{m.group(1)} stays clearly above the other tokens from layer {m.group('first')} to {m.group('last')}" in text, "run not given above")
-        eat(rf"{toks} has a depth profile unlike the other tokens': it departs most over its run from layer (?P<first>\d+) to (?P<last>\d+), given above(?P<dir>)(?P<at>)(?P<mean>)(?P<median>)", listed)
         eat(rf"{toks} (?:has|share) a depth profile unlike the other tokens'\.(?P<dir>)(?P<at>)(?P<first>)(?P<last>)(?P<mean>)(?P<median>)", profile)
 
         def nothing_stands_out(m):
@@ -735,10 +798,11 @@ class Reader:
             self.expect(close(m.group(2), self.raw[p, t]) and self.row(m.group(3)) == p, "drop peak")
             self.expect(close(m.group(4), self.raw[-1, t]) and self.row(m.group(5)) == self.n_layers - 1, "drop end")
         eat(rf"({TOK}) falls from ({NUM}) at layer (\d+) to ({NUM}) at layer (\d+)\.", late_drop)
-        eat(r"(\d+) more fall by 0\.3 or more", lambda m: self.expect(int(m.group(1)) == len(drops) - 4, "more drops"))
+        eat(r"(\d+) more falls? by 0\.3 or more", lambda m: self.expect(int(m.group(1)) == len(drops) - 3, "more drops"))
+        eat(r"(?:Single cells|The cells) that stand out most from their layer: (?P<items>.*?)(?:, and (?P<more>\d+) more tokens?)?\.$", shown, re.M)
 
         # interpretation: what it names must be what the phenomena found
-        eat(r"A first-token sink is how causal models", lambda m: self.expect(0 in self.sinks, "first-token sink"))
+        eat(r"A first-token sink is where causal models", lambda m: self.expect(0 in self.sinks, "first-token sink"))
         eat(rf"((?:{TOK}(?:, | and )?)+) (?:is a sink|are sinks) away from the first position", lambda m: self.expect(
             all(t in self.sinks and t != 0 for t in self.tokens(m.group(1))), "sinks away from the first position"))
         eat(rf"act as attention sinks, so ((?:{TOK}(?:, | and )?)+) likely", lambda m: self.expect(

@@ -61,6 +61,18 @@ NESTED = """\
     ```
 """
 
+PANELS = f"""\
+# Panels
+
+```layerheat
+model: demo
+text: '{TEXT}'
+metric: [attention, hidden-norm, update]
+color_range: robust
+title: Three metrics, one text
+```
+"""
+
 # A build in-process, then a report of which heavy modules it imported.
 PROBE = """
 import sys, json, logging
@@ -80,6 +92,7 @@ def site(tmp_path_factory) -> Path:
     (root / "docs" / "texts").mkdir(parents=True)
     (root / "docs" / "index.md").write_text(INDEX)
     (root / "docs" / "nested.md").write_text(NESTED)
+    (root / "docs" / "panels.md").write_text(PANELS)
     (root / "docs" / "texts" / "sample.txt").write_text("Hidden states grow as they travel up the stack.")
     (root / "mkdocs.yml").write_text(
         textwrap.dedent(
@@ -234,3 +247,46 @@ def test_figures_are_numbered_with_anchors_and_downloadable_data(site, first_bui
     assert first[:3] == ["0", "A", "1"] and float(first[3]) == pytest.approx(attention.values[0, 0], rel=1e-6)
     data = json.loads((site / "site" / csv_link.replace(".csv", ".json")).read_text())
     assert np.allclose(np.array(data["values"], dtype=float), attention.values, rtol=1e-6)
+
+
+def test_several_metrics_are_panels_of_one_figure_with_one_summary(site, first_build):
+    from claims_joint import check_joint
+    from mkdocs_layerheat.analysis import analyze
+    from mkdocs_layerheat.labels import display_labels
+    from mkdocs_layerheat.render import Renderer
+
+    html = (site / "site" / "panels" / "index.html").read_text()
+    (item,) = payloads(html)
+    figures = [n for n in walk_models(item["doc"]) if n.get("name") == "Figure"]
+    assert len(figures) == 3
+    ranges = {f["attributes"]["x_range"]["id"] for f in figures}
+    assert len(ranges) == 1  # one token axis (one Range1d): the panels pan and zoom together
+    assert html.count(".csv\" download") == 3  # each panel's data
+    text = re.sub(r"<[^>]+>", "", html.split('class="layerheat-summary"')[1].split("</div>")[0])
+    assert "Read together." in text and "Panel by panel." in text
+    cache = Cache(site / ".cache" / "layerheat")
+    entries = {h.metric: h for p in (site / ".cache" / "layerheat").glob("*/*.npz")
+               if (h := cache.get(p.stem)) is not None and h.tokens[0] == "A"}
+    narrative = Renderer().narrative
+    panels = []
+    for metric in ("attention", "hidden-norm", "update"):
+        h = entries[metric]
+        labels = display_labels(h.tokens, h.token_bytes)
+        values = h.normalized("global")
+        f = analyze(h, values, labels, "global", color_range="robust")
+        panels.append({"metric": metric, "values": values, "raw": h.values, "layers": h.layers, "labels": labels,
+                       "summary": narrative.markdown(h, f, "global"), "findings": f, "heatmap": h, "model": h.model})
+    joint = narrative.joint([(p["heatmap"], p["findings"]) for p in panels], "global")
+    assert " ".join(joint.split("\n\n")[0].split()).split("`")[1] in text  # the page shows this summary
+    check_joint(joint, panels)
+    assert joint.startswith("`A` is both an attention sink in (a)")  # the demo model's first token
+
+
+def walk_models(node):
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from walk_models(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk_models(value)

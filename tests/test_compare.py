@@ -316,3 +316,21 @@ def test_a_failing_side_is_an_error_box_at_the_block(built):
     _, result, page = built
     assert re.search(r"docs/index\.md:\d+: in 'compare': unknown model 'nosuch'", result.stderr)
     assert page.count('class="layerheat-error') == 1
+
+
+def test_a_side_far_below_the_shared_scale_says_its_highs_are_relative():
+    """(b) reaches a thousandth of (a): on the shared 0-1 scale its "high" cells are pale, and its summary
+    says so rather than calling 0.0008 high without a word."""
+    from claims import check_summary
+    from mkdocs_layerheat.analysis import analyze
+
+    rng = np.random.default_rng(3)
+    a = heatmap(rng.uniform(0, 1, (8, 10)))
+    b = heatmap(rng.uniform(0, 0.001, (8, 10)))
+    va, vb = shared_scale(a, b, "global")
+    findings = analyze(b, vb, b.tokens)
+    text = Renderer().narrative.markdown(b, findings, "global", shared=True)
+    assert "a small part of the scale shared with the other panel" in text
+    check_summary(text, vb, b.layers, b.tokens, raw=b.values, model="m")
+    text_a = Renderer().narrative.markdown(a, analyze(a, va, a.tokens), "global", shared=True)
+    assert "scale shared" not in text_a

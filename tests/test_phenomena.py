@@ -14,6 +14,7 @@ from mkdocs_layerheat.analysis import analyze
 from mkdocs_layerheat.heatmap import Heatmap
 from mkdocs_layerheat.narrative import summary_json
 from mkdocs_layerheat.render import Renderer
+from test_render import walk
 
 RENDERER = Renderer()
 
@@ -202,3 +203,32 @@ def test_demo_logit_lens_credits_the_right_token(demo):
     sentences = [s for s in doc["text"].replace("\n", " ").split(". ") if s]
     assert len(sentences) == len(set(sentences))
     json.dumps(doc)
+
+
+def test_robust_colour_range_clips_the_massive_token_in_figure_and_words():
+    from mkdocs_layerheat.render import figure_item
+
+    rng = np.random.default_rng(5)
+    v = rng.uniform(50, 150, (12, 20))
+    v[4:12, 0] = 16000.0  # a massive activation: it would wash the figure out
+    heatmap = make(v, "hidden-norm")
+    values = heatmap.normalized("global")
+    findings = analyze(heatmap, values, heatmap.tokens, "global", color_range="robust")
+    text = RENDERER.narrative.markdown(heatmap, findings, "global")
+    check_summary(text, values, heatmap.layers, heatmap.tokens, raw=heatmap.values, model=heatmap.model)
+    high = float(np.percentile(values[:, 1:], 98))  # of the cells the summary reads: not the massive ones
+    above = int((values > high).sum())
+    assert findings.clip["high"] == pytest.approx(high) and findings.clip["tokens"][0] == (0, 8)
+    assert f"{above} cells lie above it" in text and "marked ▲ (`w0`: 8, " in text
+    item = figure_item(heatmap, values, heatmap.tokens, "global", clip=(0.0, high))
+    (mapper,) = [m for m in walk(item["doc"], "LinearColorMapper")]
+    assert mapper["attributes"]["high"] == pytest.approx(high) and mapper["attributes"]["low"] == pytest.approx(0)
+    markers = [g for g in walk(item["doc"], "Scatter")]
+    assert markers and {str(g["attributes"]["marker"]) for g in markers} == {str({"type": "value", "value": "triangle"})}
+    data = [dict(d["attributes"]["data"]["entries"]) for d in walk(item["doc"], "ColumnDataSource")]
+    (cells,) = [d for d in data if "x" in d]  # one marker per clipped cell, at (token, row)
+    assert sorted(zip(cells["x"], cells["y"])) == sorted((int(t), int(r)) for r, t in zip(*np.nonzero(values > high)))
+    plain = figure_item(heatmap, values, heatmap.tokens, "global")
+    assert not list(walk(plain["doc"], "Scatter")) and "98th percentile" not in RENDERER.narrative.markdown(
+        heatmap, analyze(heatmap, values, heatmap.tokens, "global"), "global")
+

@@ -153,7 +153,7 @@ def test_missing_or_empty_text(body, line):
     assert exc.line == line
 
 
-@pytest.mark.parametrize("key, value", [("model", "[a, b]"), ("text", "{a: 1}"), ("title", "true"), ("metric", "[attention]")])
+@pytest.mark.parametrize("key, value", [("model", "[a, b]"), ("text", "{a: 1}"), ("title", "true"), ("metric", "{a: 1}")])
 def test_non_string_values(key, value):
     other = {"model": "m", "text": "t"}
     other.pop(key, None)
@@ -396,3 +396,32 @@ def test_palette_and_layer_label():
     with pytest.raises(SpecError, match="unknown palette 'viridus' \\(did you mean 'viridis'\\?\\)") as info:
         parse_spec("model: m\ntext: t\npalette: viridus")
     assert info.value.line == 3
+
+
+def test_color_range():
+    assert parse_spec("model: m\ntext: t").color_range == "full"
+    assert parse_spec("model: m\ntext: t\ncolor_range: robust").color_range == "robust"
+    with pytest.raises(SpecError, match="unknown color_range 'robst' \\(did you mean 'robust'\\?\\)") as info:
+        parse_spec("model: m\ntext: t\ncolor_range: robst")
+    assert info.value.line == 3
+
+
+def test_a_list_of_metrics_is_one_spec_per_panel():
+    spec = parse_spec('model: m\ntext: t\nmetric: [attention, hidden-norm, logit-lens]\nheads: [0]\ntarget: " Paris"')
+    sides = spec.sides()
+    assert [s.metric for s in sides] == ["attention", "hidden-norm", "logit-lens"]
+    assert [(s.heads, s.target) for s in sides] == [((0,), None), (None, None), (None, " Paris")]  # where it applies
+    assert all(s.text == "t" and not s.panels for s in sides)
+
+
+@pytest.mark.parametrize("body, message, line", [
+    ("metric: [attention]", "a list of 2 to 4", 3),
+    ("metric: [attention, attention]", "the same metric twice", 3),
+    ("metric: [attention, atention]", "unknown metric 'atention' (did you mean 'attention'?)", 3),
+    ("metric: [attention, update]\ntarget: x", "'target' applies to none of the metrics attention, update", 4),
+    ("metric: [attention, update]\ncompare: {text: u}", "either a list of metrics or 'compare'", 4),
+])
+def test_a_list_of_metrics_is_checked(body, message, line):
+    with pytest.raises(SpecError) as info:
+        parse_spec(f"model: m\ntext: t\n{body}")
+    assert message in str(info.value) and info.value.line == line

@@ -84,3 +84,50 @@ def test_a_file_that_is_not_a_heatmap_is_a_clear_error(tmp_path):
     assert result.exit_code != 0 and "not a heatmap JSON" in result.output and "Traceback" not in result.output
     bad.write_text("{not json")
     assert "not a heatmap JSON" in run(bad).output
+
+
+def test_several_files_of_one_text_are_read_together(tmp_path):
+    """A planted sink on the first token, with a massive norm that starts later and a quiet update."""
+    from claims_joint import check_joint
+    from mkdocs_layerheat.heatmap import Heatmap
+    from mkdocs_layerheat.analysis import analyze
+    from mkdocs_layerheat.render import Renderer
+
+    rng = np.random.default_rng(8)
+    n_layers, n_tokens = 16, 20
+    tokens = [f"t{i}" for i in range(n_tokens)]
+    attention = rng.uniform(0.01, 0.05, (n_layers, n_tokens))
+    attention[2:, 0] = rng.uniform(0.5, 0.8, n_layers - 2)  # a sink from layer 3
+    norm = rng.uniform(50, 150, (n_layers, n_tokens))
+    norm[5:14, 0] = 15000.0  # massive from layer 6 to 14
+    update = rng.uniform(0.1, 0.4, (n_layers, n_tokens))
+    update[5:14, 0] = 0.01  # barely changes while massive
+    paths = []
+    for metric, values in (("attention", attention), ("hidden-norm", norm), ("update", update)):
+        path = tmp_path / f"{metric}.json"
+        path.write_text(json.dumps({"tokens": tokens, "layers": list(range(1, n_layers + 1)), "metric": metric,
+                                    "model": "tiny", "normalize": "none", "values": values.tolist()}))
+        paths.append(path)
+    result = CliRunner().invoke(main, ["summarize", *map(str, paths)])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert text.startswith("`t0` is both an attention sink in (a), at layers 3–16, and a massive activation in (b), "
+                           "from layer 6")
+    assert "the sink comes first" in text and "it barely changes there" in text and "(c) update." in text
+    assert "Sun et al. 2024" in text and "its state is held" in text
+    joint = text.split("\n---\n")[0]
+    narrative = Renderer().narrative
+    panels = []
+    for path in paths:
+        h = Heatmap.from_dict(json.loads(path.read_text()))
+        f = analyze(h, h.values, tokens, "none")
+        panels.append({"metric": h.metric, "values": h.values, "raw": h.values, "layers": h.layers,
+                       "labels": tokens, "summary": narrative.markdown(h, f, "none"), "model": "tiny"})
+    check_joint(joint.strip() + "\n", panels)
+    data = json.loads(CliRunner().invoke(main, ["summarize", "--json", *map(str, paths)]).output)
+    assert [k["kind"] for k in data["links"]] == ["sink-and-massive", "update"]
+    assert data["lead"] == data["links"][0]["sentence"] and [p["letter"] for p in data["panels"]] == ["a", "b", "c"]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"tokens": tokens[:5], "layers": [1], "values": [[0.1] * 5]}))
+    result = CliRunner().invoke(main, ["summarize", str(paths[0]), str(other)])
+    assert result.exit_code != 0 and "not the same text" in result.output

@@ -1,0 +1,98 @@
+"""What several metrics of one text show together (numpy only): the links between the panels of a
+`metric: [a, b, ...]` block, or of `layerheat summarize A.json B.json`.
+
+Each link is a fact about one token that two panels support, read from the raw values with the rules of
+docs/analysis.md ("Several metrics of one text"):
+
+- `sink-and-massive`: an attention sink (attention panel) that is also a massive activation (a norm panel),
+  with which comes first, the sink or the jump of the norm;
+- `sink-only`: a sink that is no massive activation, with its norm's range over the sink's layers as a
+  multiple of the other tokens' median (*raised* when its median over those layers is RAISED x or more);
+  `massive-only`: a massive activation that is no sink, with its largest share of the attention at any layer;
+- `update`: over the layers of a token's phenomenon, its mean `update` against the median of the other
+  tokens' means over the same layers: *barely changes* below half of it, *changes more* above twice it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .analysis import Findings
+from .heatmap import Heatmap
+from .phenomena import NORMS
+
+QUIET, BUSY = 0.5, 2.0  # a token's update against the other tokens' median: barely changes / changes more
+RAISED = 3.0  # a sink's norm at least this many times the other tokens' median: raised, if not massive
+
+
+@dataclass
+class Link:
+    kind: str  # sink-and-massive | sink-only | massive-only | update
+    token: int
+    panels: tuple[int, ...]  # the panels (indices) that show it
+    data: dict = field(default_factory=dict)
+
+
+def _rows(heatmap: Heatmap, first: int, last: int) -> np.ndarray:
+    """Row indices of `heatmap` whose layer labels lie in [first, last]."""
+    return np.array([r for r, layer in enumerate(heatmap.layers) if first <= int(layer) <= last], dtype=int)
+
+
+def _median_others(raw: np.ndarray, t: int) -> np.ndarray:
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(np.delete(raw, t, axis=1), axis=1)
+
+
+def links(panels: list[tuple[Heatmap, Findings]]) -> list[Link]:
+    """Every link between the panels, token by token in the order of the text."""
+    by_metric = {h.metric: i for i, (h, _) in enumerate(panels)}
+    attention = by_metric.get("attention")
+    norms = [i for i, (h, _) in enumerate(panels) if h.metric in NORMS]
+    sinks = {p.tokens[0]: p for p in panels[attention][1].of("attention-sink")} if attention is not None else {}
+    massive = {(i, p.tokens[0]): p for i in norms for p in panels[i][1].of("massive-activation")}
+    out: list[Link] = []
+    for t in sorted(set(sinks) | {t for _, t in massive}):
+        sink = sinks.get(t)
+        found = [(i, massive[i, t]) for i in norms if (i, t) in massive]
+        if sink and found:
+            for i, m in found:
+                out.append(Link("sink-and-massive", t, (attention, i), {
+                    "sink": sink, "massive": m, "onset": m.data["onset"], "ratio": m.value,
+                    "order": "before" if sink.layers[0] < m.data["onset"] else
+                             "same" if sink.layers[0] == m.data["onset"] else "after"}))
+        elif sink:
+            for i in norms:
+                raw = np.asarray(panels[i][0].values, dtype=np.float64)
+                rows = _rows(panels[i][0], *sink.layers)
+                if len(rows):
+                    median = _median_others(raw[rows], t)
+                    with np.errstate(all="ignore"):
+                        ratio = raw[rows, t] / median
+                    out.append(Link("sink-only", t, (attention, i), {
+                        "sink": sink, "low": float(np.nanmin(ratio)), "high": float(np.nanmax(ratio)),
+                        "raised": bool(np.nanmedian(ratio) >= RAISED)}))
+        else:
+            for i, m in found:
+                if attention is not None:
+                    raw = np.asarray(panels[attention][0].values, dtype=np.float64)
+                    out.append(Link("massive-only", t, (i, attention), {
+                        "massive": m, "share": float(np.nanmax(raw[:, t]))}))
+        update = by_metric.get("update")
+        if update is not None:
+            span = (found[0][1].data["plateau"] if found else sink.layers)
+            heatmap = panels[update][0]
+            raw = np.asarray(heatmap.values, dtype=np.float64)
+            rows = _rows(heatmap, *span)
+            if len(rows):
+                mine = float(np.nanmean(raw[rows, t]))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    others = float(np.nanmedian(np.nanmean(np.delete(raw[rows], t, axis=1), axis=0)))
+                level = "quiet" if mine < QUIET * others else "busy" if mine > BUSY * others else "like"
+                out.append(Link("update", t, (update,), {"layers": span, "mean": mine, "others": others,
+                                                         "level": level}))
+    return out
