@@ -78,6 +78,25 @@ def extract(
         sys.stdout.write(data + "\n")
 
 
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path), default="docs/assets/layerheat")
+def assets(folder: Path) -> None:
+    """Write BokehJS and the figure loader into FOLDER (default docs/assets/layerheat), for builders that run
+    the Markdown extension without the MkDocs plugin (Zensical): run it again after upgrading Bokeh."""
+    import shutil
+
+    from .render import assets as files
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, source in files().items():
+        shutil.copyfile(source, folder / name)
+    docs = next((p for p in [folder, *folder.parents] if p.name == "docs"), None)
+    prefix = folder.relative_to(docs).as_posix() if docs else folder.as_posix()
+    click.echo(f"wrote {', '.join(files())} to {folder}; add to mkdocs.yml (or zensical.toml):\n"
+               f"extra_javascript: [{prefix}/bokeh.min.js, {prefix}/layerheat.js]\n"
+               f"extra_css: [{prefix}/layerheat.css]")
+
+
 @main.command("convert-gguf")
 @click.argument("gguf_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))

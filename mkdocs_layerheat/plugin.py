@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import hashlib
-import importlib.util
 import os
 import re
 import uuid
@@ -18,11 +15,9 @@ from mkdocs.structure.files import File, Files
 from mkdocs.utils import get_relative_url
 
 from . import plan
-from .cache import Cache
 from .directives import Block, find_blocks, replace_blocks
-from .render import ASSETS, Renderer
-from .worker import idle_seconds as worker_idle_seconds
-from .spec import HeatmapSpec, SpecError, parse_spec
+from .figures import Figures, settings
+from .render import Renderer, assets
 
 log = get_plugin_logger("layerheat")
 ASSET_DIR = "assets/layerheat"
@@ -70,11 +65,6 @@ def _data_uri(key: str) -> str:
     return f"{ASSET_DIR}/data/{key[:16]}"
 
 
-def _bokeh_js() -> Path:
-    bokeh = Path(importlib.util.find_spec("bokeh").origin).parent  # located, not imported: a warm build skips Bokeh
-    return bokeh / "server" / "static" / "js" / "bokeh.min.js"
-
-
 class LayerheatPlugin(BasePlugin[LayerheatConfig]):
     serving = False
 
@@ -83,63 +73,39 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
 
     def on_config(self, config):
         self.project_dir = Path(config.config_file_path or ".").resolve().parent
-        self.renderer = Renderer(self.config.templates)
-        self.outcomes: dict[HeatmapSpec, plan.Outcome] = {}
+        self.stage = Figures(self.settings(config), Renderer(self.config.templates), Path(config.docs_dir), log,
+                             self.config.enabled)
         self.figures: dict[str, str] = {}  # placeholder -> HTML, filled per page
-        self.parsed: dict[str, HeatmapSpec | SpecError] = {}
-        self.plan_settings = self.settings(config)
         self.nonce = uuid.uuid4().hex[:12]
-        if self.config.enabled:
-            config.extra_javascript[:0] = [f"{ASSET_DIR}/bokeh.min.js", f"{ASSET_DIR}/layerheat.js"]
-            config.extra_css.append(f"{ASSET_DIR}/layerheat.css")
+        if self.config.enabled:  # (a site also built with Zensical lists them already: see builders.md)
+            listed = {str(x) for x in config.extra_javascript}
+            config.extra_javascript[:0] = [name for name in (f"{ASSET_DIR}/bokeh.min.js", f"{ASSET_DIR}/layerheat.js")
+                                           if name not in listed]
+            if f"{ASSET_DIR}/layerheat.css" not in config.extra_css:
+                config.extra_css.append(f"{ASSET_DIR}/layerheat.css")
         return config
 
     def settings(self, config) -> plan.Settings:
         """What the plan needs from mkdocs.yml (also used by the `layerheat` command)."""
-        project_dir = Path(config.config_file_path or ".").resolve().parent
-        return plan.Settings(
-            aliases={str(k): str(v) for k, v in self.config.models.items()},
-            base_dir=project_dir,
-            model_dirs=tuple(project_dir / folder for folder in self.config.model_dirs),
-            cache_dir=project_dir / self.config.cache_dir,
-            device=self.config.device,
-            dtype=self.config.dtype,
-            device_map=self.config.device_map,
-            trust_remote_code=tuple(self.config.trust_remote_code),
-            refresh=self.config.refresh or os.environ.get("LAYERHEAT_REFRESH", "") not in ("", "0"),
-            keep_models=self.config.keep_models if self.serving else 0,
-            warm_worker=worker_idle_seconds(self.config.warm_worker),
-        )
+        return settings(self.config, Path(config.config_file_path or ".").resolve().parent, self.serving)
 
     def on_files(self, files: Files, config) -> Files:
         if not self.config.enabled:
             return files
-        for name, source in (("bokeh.min.js", _bokeh_js()), ("layerheat.js", ASSETS / "layerheat.js"),
-                             ("layerheat.css", ASSETS / "layerheat.css")):
+        for name, source in assets().items():  # the installed files win over a copy from `layerheat assets`
+            if files.get_file_from_path(f"{ASSET_DIR}/{name}") is not None:
+                files.remove(files.get_file_from_path(f"{ASSET_DIR}/{name}"))
             files.append(File.generated(config, f"{ASSET_DIR}/{name}", abs_src_path=str(source)))
-        blocks = [block for file in files.documentation_pages() for block in find_blocks(file.content_string)]
-        specs = [side for block in blocks if isinstance(spec := self._parse(block.body, config), HeatmapSpec)
-                 for side in spec.sides()]
-        self.outcomes = plan.run(specs, self.plan_settings, log)
-        store = Cache(self.plan_settings.cache_dir)
-        exported = {o.key: o for o in self.outcomes.values() if o.error is None}
+        self.stage.plan(file.content_string for file in files.documentation_pages())
+        exported = {o.key: o for o in self.stage.outcomes.values() if o.error is None}
         for key, outcome in exported.items():  # the "data" links of the figures, made once per entry
             for suffix in (".csv", ".json"):
                 content = functools.partial(_export, outcome, suffix)
-                path = store.export(key, suffix, content)
+                path = self.stage.cache.export(key, suffix, content)
                 source = {"abs_src_path": str(path)} if path else {"content": content()}
                 if path or source["content"] is not None:
                     files.append(File.generated(config, _data_uri(key) + suffix, **source))
         return files
-
-    def _parse(self, body: str, config) -> HeatmapSpec | SpecError:
-        """A block's spec (or its error), parsed once per build although both on_files and the page need it."""
-        if body not in self.parsed:
-            try:
-                self.parsed[body] = parse_spec(body, config.docs_dir)
-            except SpecError as exc:
-                self.parsed[body] = exc
-        return self.parsed[body]
 
     def on_page_markdown(self, markdown: str, page, config, files) -> str:
         blocks = find_blocks(markdown)
@@ -150,84 +116,11 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
 
         def figure(block: Block) -> str:
             placeholder = f"LAYERHEAT{self.nonce}X{len(self.figures)}X"
-            self.figures[placeholder] = self._figure_html(block, page_path, numbers[block.line], page, config)
+            self.figures[placeholder] = self.stage.html(
+                block, page_path, numbers[block.line], lambda key: get_relative_url(_data_uri(key), page.url))
             return placeholder
 
         return replace_blocks(markdown, blocks, figure)
-
-    def _figure_html(self, block: Block, page_path: str, number: int, page, config) -> str:
-        where = f"{page_path}:{block.line}"
-        if not block.terminated:
-            return self._error(where, "unterminated layerheat fence (no closing ``` found)")
-        spec = self._parse(block.body, config)
-        if isinstance(spec, SpecError):
-            return self._error(f"{page_path}:{block.line + (spec.line or 0)}", str(spec))
-        if not self.config.enabled:
-            return self.renderer.placeholder(spec)
-        outcomes = []
-        prefixes = [f"in metric '{side.metric}': " for side in spec.sides()] if spec.panels else ["", "in 'compare': "]
-        for side, which in zip(spec.sides(), prefixes):
-            outcome = self.outcomes.get(side) or plan.run([side], self.plan_settings, log)[side]
-            if outcome.error:
-                return self._error(where, which + outcome.error)
-            outcomes.append(outcome)
-        cache = Cache(self.plan_settings.cache_dir)
-        data_urls = [get_relative_url(_data_uri(outcome.key), page.url) for outcome in outcomes]
-        key = repr(([o.key for o in outcomes], spec, number, data_urls, self.renderer.fingerprint))
-        key = hashlib.sha256(key.encode()).hexdigest()
-        html = cache.get_rendered(key)
-        if html is None:
-            heatmaps = []
-            for side, outcome in zip(spec.sides(), outcomes):
-                heatmap = self._heatmap(side, outcome)
-                if isinstance(heatmap, str):
-                    return self._error(where, heatmap)
-                heatmaps.append(heatmap)
-            try:
-                html = self._draw(spec, number, heatmaps, data_urls)
-            except Exception as exc:  # one figure that cannot be drawn must not take the site down
-                log.debug("rendering failed", exc_info=True)
-                return self._error(where, f"cannot render this heatmap: {type(exc).__name__}: {exc}")
-            cache.put_rendered(key, html)
-        return html
-
-    def _heatmap(self, spec: HeatmapSpec, outcome: plan.Outcome):
-        """The values of an outcome; an entry found unusable when read is reported and computed again."""
-        if outcome.heatmap is not None:
-            return outcome.heatmap
-        for problem in outcome.cache.problems:
-            log.warning(problem)
-        outcome.cache.problems.clear()
-        outcome = plan.run([spec], dataclasses.replace(self.plan_settings, refresh=True), log)[spec]
-        return outcome.error or outcome.heatmap
-
-    def _draw(self, spec: HeatmapSpec, number: int, heatmaps: list, data_urls: list[str]) -> str:
-        """The figure's HTML: one heatmap, the panels of several metrics, or the two of a `compare:` block on one
-        scale with their difference."""
-        from .analysis import analyze
-        from .compare import difference, shared_scale, side_names
-        from .labels import display_labels
-
-        labels = [display_labels(heatmap.tokens, heatmap.token_bytes) for heatmap in heatmaps]
-        if spec.compare is None:
-            sides = []
-            for heatmap, label, url in zip(heatmaps, labels, data_urls):
-                values = heatmap.normalized(spec.normalize)
-                sides.append((heatmap, values, label, analyze(heatmap, values, label, spec.normalize,
-                                                              color_range=spec.color_range, palette=spec.palette), url))
-            if spec.panels:
-                return self.renderer.panels(number, sides, spec)
-            heatmap, values, label, findings, url = sides[0]
-            return self.renderer.figure(number, heatmap, values, label, spec, findings, data_url=url)
-        a, b = heatmaps
-        values = shared_scale(a, b, spec.normalize)
-        sides = [(h, v, lab, analyze(h, v, lab), url) for h, v, lab, url in zip(heatmaps, values, labels, data_urls)]
-        diff = difference(a, b, *values)
-        return self.renderer.comparison(number, sides, diff, side_names(*spec.sides()), spec)
-
-    def _error(self, where: str, message: str) -> str:
-        log.warning(f"{where}: {message}")
-        return self.renderer.error(where, message)
 
     def on_page_content(self, html: str, page, config, files) -> str:
         if f"LAYERHEAT{self.nonce}" not in html:

@@ -28,6 +28,15 @@ if TYPE_CHECKING:  # numpy is imported only when a figure is drawn: a warm build
 ASSETS = Path(__file__).parent / "assets"
 
 
+def assets() -> dict[str, Path]:
+    """The files every page with a figure needs, shipped once per site: BokehJS, our loader and styles."""
+    import importlib.util
+
+    bokeh = Path(importlib.util.find_spec("bokeh").origin).parent  # located, not imported: a warm build skips Bokeh
+    return {"bokeh.min.js": bokeh / "server" / "static" / "js" / "bokeh.min.js",
+            "layerheat.js": ASSETS / "layerheat.js", "layerheat.css": ASSETS / "layerheat.css"}
+
+
 def template_dir() -> Path:
     """`templates/` inside the installed wheel, or at the repository root in a source checkout."""
     for candidate in (Path(__file__).parent / "templates", Path(__file__).parent.parent / "templates"):

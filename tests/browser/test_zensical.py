@@ -1,0 +1,70 @@
+"""A site built with Zensical (the Markdown extension, assets from `layerheat assets`), opened in headless
+Chromium: figures drawn, no console error, no off-site request, instant navigation and the palette toggle."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from browserkit import ARTIFACTS, plot_pixels, serve, wait_for_figures
+from click.testing import CliRunner
+
+from mkdocs_layerheat.cli import main
+
+PAGE = "# {title}\n\n```layerheat\nmodel: tiny\ntext: '{text}'\nmetric: {metric}\n```\n"
+CONFIG = """site_name: layerheat under Zensical
+extra_javascript: [assets/layerheat/bokeh.min.js, assets/layerheat/layerheat.js]
+extra_css: [assets/layerheat/layerheat.css]
+nav: [index.md, second.md]
+theme:
+  font: false  # no Google Fonts: the site works offline
+  features: [navigation.instant]
+  palette:
+    - scheme: default
+      toggle: {{icon: material/brightness-7, name: Dark mode}}
+    - scheme: slate
+      toggle: {{icon: material/brightness-4, name: Light mode}}
+markdown_extensions:
+  - layerheat:
+      models: {{tiny: '{model}'}}
+"""
+
+
+@pytest.fixture(scope="module")
+def zensical_site(llama_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("zensical-site")
+    (root / "docs").mkdir()
+    (root / "docs" / "index.md").write_text(PAGE.format(title="First", text="The fox looks back.", metric="attention"))
+    (root / "docs" / "second.md").write_text(PAGE.format(title="Second", text="A second page.", metric="[attention, update]"))
+    assert CliRunner().invoke(main, ["assets", str(root / "docs" / "assets" / "layerheat")]).exit_code == 0
+    (root / "mkdocs.yml").write_text(CONFIG.format(model=llama_model.path))
+    result = subprocess.run([str(Path(sys.executable).parent / "zensical"), "build"], cwd=root, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    with serve(root / "site") as url:
+        yield url
+
+
+def axis_colour(tab) -> str:
+    return tab.evaluate("""() => [...Bokeh.documents[0].all_models]
+        .find(m => m.properties && 'axis_label_text_color' in m.properties).axis_label_text_color""")
+
+
+def test_figures_draw_offline_follow_instant_navigation_and_the_palette(zensical_site, page):
+    page.goto(zensical_site)
+    wait_for_figures(page, 1)
+    assert len(np.unique(plot_pixels(page, 0).reshape(-1, 3), axis=0)) > 20
+    light = axis_colour(page)
+    page.locator("label[for='__palette_1']").click()
+    page.wait_for_function("document.body.getAttribute('data-md-color-scheme') === 'slate'")
+    page.wait_for_timeout(300)
+    assert axis_colour(page) != light
+    page.get_by_role("link", name="Second").first.click()
+    page.wait_for_url("**/second/")
+    wait_for_figures(page, 1)
+    assert page.locator(".layerheat-plot").first.locator("canvas").count() >= 1
+    page.screenshot(path=str(ARTIFACTS / "zensical-second.png"), full_page=True)
+    assert page.problems == [], page.problems
