@@ -23,7 +23,7 @@ import numpy as np
 
 from .heatmap import Heatmap, normalize as rescale, robust_range
 from .labels import display_labels
-from .phenomena import LENSES, Phenomenon, aside as aside_mask, detect
+from .phenomena import LENSES, Phenomenon, aside as aside_mask, detect, true_runs
 
 HIGH, LOW = 2 / 3, 1 / 3  # thresholds on the unit scale: top third, bottom third
 STANDS_OUT = 0.25  # above the layer's median, on the unit scale
@@ -40,6 +40,8 @@ MAX_ANOMALIES = 3
 TREND_RHO, TREND_CHANGE = 0.8, 0.2  # depth trend: rank correlation of layer means with depth, and change
 MAX_OBSERVATIONS = 5
 MAX_RUNS = 3  # sustained runs the summary lists by name
+FLAT_RATIO = 1.5  # under layer scaling, a cell stands out only at 1.5x its layer's raw median (else: flat)
+LENS_FLOOR = 0.1  # a logit-lens highlight is a probability of at least this
 MAX_HIGHLIGHTS = 3  # single-layer highlights the summary lists by name (6 for a text of more than 100 tokens)
 
 KINDS = ("uniform-high", "uniform-medium", "uniform-low", "differentiating", "sparse")
@@ -156,6 +158,7 @@ class Findings:
     settling: dict | None = None  # lens metrics: when predictions settle (see `_settling`)
     onset: Band | None = None  # the first band where tokens differ, after uniform ones only
     clip: dict | None = None  # `color_range: robust`: the colour scale and the cells beyond it (see `_clip`)
+    flat: list[tuple[int, int]] = field(default_factory=list)  # layers where no raw value is 1.5x the median
 
     def of(self, kind: str) -> list[Phenomenon]:
         return [p for p in self.phenomena if p.kind == kind]
@@ -442,6 +445,11 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
     contrast = u - median_u[:, None]
     stands = np.nan_to_num(contrast, nan=-np.inf) >= STANDS_OUT - 1e-12
     stands &= np.nan_to_num(u, nan=-np.inf) >= LOW - 1e-12
+    flat = np.zeros(n_layers, dtype=bool)
+    if normalize == "layer" and raw_known and not constant:
+        differs = _raw_stands(np.asarray(heatmap.values, dtype=np.float64), v, kept)
+        flat = ~(differs[:, kept] & valid[:, kept]).any(axis=1) & valid.any(axis=1)
+        stands &= differs
     layer_means = _quiet(np.nanmean, rest, axis=1)
     layer_medians = _quiet(np.nanmedian, rest, axis=1)
 
@@ -567,11 +575,21 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
         onset=next((b for i, b in enumerate(bands) if b.kind not in UNIFORM and i > 0
                     and all(x.kind in UNIFORM for x in bands[:i])), None),
     )
-    findings.shown, findings.unshown = _shown(findings)
+    findings.shown, findings.unshown = _shown(findings, raw if raw_known else None)
+    findings.flat = [(layers[a], layers[b]) for a, b in true_runs(flat)]
     if color_range == "robust":
         findings.clip = _clip(figure, valid & kept[None, :] if kept.any() else valid, palette == "diverging")
     findings.observations = _observations(findings, heatmap)
     return findings
+
+
+def _raw_stands(raw: np.ndarray, analysed: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Under layer scaling, the cells whose raw value is at least FLAT_RATIO x the raw median of their layer
+    (over the analysed cells): each layer scaled to 0-1 on its own stretches any difference over the whole
+    colour range, so a cell only stands out where the raw values also differ."""
+    cells = np.where(np.isnan(analysed), np.nan, raw)
+    median = _quiet(np.nanmedian, cells[:, kept], axis=1)
+    return np.nan_to_num(cells, nan=-np.inf) >= FLAT_RATIO * np.nan_to_num(median, nan=np.inf)[:, None] - 1e-12
 
 
 def _clip(figure: np.ndarray, read: np.ndarray, symmetric: bool) -> dict:
@@ -590,14 +608,19 @@ def _clip(figure: np.ndarray, read: np.ndarray, symmetric: bool) -> dict:
             "tokens": [(t, int(per_token[t])) for t in top], "others": int(above.sum() - per_token[top].sum())}
 
 
-def _shown(f: Findings) -> tuple[list[TokenFinding], int]:
+def _shown(f: Findings, raw: np.ndarray | None) -> tuple[list[TokenFinding], int]:
     """The highlights the summary names, the strongest first, and how many others it counts: the tokens that
-    a listed run or (lens metrics) a settling prediction or a late drop already describes are neither."""
+    a listed run or (lens metrics) a settling prediction or a late drop already describes are neither. Under
+    the logit lens a highlight is a probability of at least LENS_FLOOR (a scaled 0.42 that is a probability
+    of 0.02 stands out of nothing); a rank figure has none (its scale runs from the best rank to the worst)."""
+    if f.metric == "logit-lens-rank":
+        return [], 0
     if f.metric in LENSES:  # (the summary of a lens lists no runs)
         described = {p.tokens[0] for p in f.phenomena}
     else:
         described = {t.index for t in f.runs[:MAX_RUNS]}
-    rest = [h for h in f.highlights if h.index not in described]
+    rest = [h for h in f.highlights if h.index not in described and (
+        f.metric != "logit-lens" or raw is None or raw[f.layers.index(h.peak_layer), h.index] >= LENS_FLOOR)]
     n = MAX_HIGHLIGHTS + (2 if f.n_tokens > 100 else 0)
     return rest[:n], len(rest[n:])
 

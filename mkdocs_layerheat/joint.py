@@ -9,8 +9,10 @@ docs/analysis.md ("Several metrics of one text"):
 - `sink-only`: a sink that is no massive activation, with its norm's range over the sink's layers as a
   multiple of the other tokens' median (*raised* when its median over those layers is RAISED x or more);
   `massive-only`: a massive activation that is no sink, with its largest share of the attention at any layer;
-- `update`: over the layers of a token's phenomenon, its mean `update` against the median of the other
-  tokens' means over the same layers: *barely changes* below half of it, *changes more* above twice it.
+- `update`: over the layers of a token's phenomenon (the massive activation's plateau, else the sink's layers)
+  after the first (whose update is the change into the phenomenon), its median `update` against the median of
+  the other tokens' medians over the same layers: *barely changes* below half of it, *changes more* above
+  twice it.
 """
 
 from __future__ import annotations
@@ -83,16 +85,30 @@ def links(panels: list[tuple[Heatmap, Findings]]) -> list[Link]:
                         "massive": m, "share": float(np.nanmax(raw[:, t]))}))
         update = by_metric.get("update")
         if update is not None:
-            span = (found[0][1].data["plateau"] if found else sink.layers)
-            heatmap = panels[update][0]
-            raw = np.asarray(heatmap.values, dtype=np.float64)
-            rows = _rows(heatmap, *span)
-            if len(rows):
-                mine = float(np.nanmean(raw[rows, t]))
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    others = float(np.nanmedian(np.nanmean(np.delete(raw[rows], t, axis=1), axis=0)))
-                level = "quiet" if mine < QUIET * others else "busy" if mine > BUSY * others else "like"
-                out.append(Link("update", t, (update,), {"layers": span, "mean": mine, "others": others,
-                                                         "level": level}))
+            out.extend(_update(panels[update][0], update, t, found[0][1] if found else None, sink))
     return out
+
+
+def _update(heatmap: Heatmap, panel: int, t: int, massive, sink) -> list[Link]:
+    """The `update` link of token `t`, over its phenomenon's layers after the first."""
+    if massive is not None:
+        first, last = massive.data["plateau"]
+        layers = [x for x in heatmap.layers if first < int(x) <= last]
+    else:
+        layers = [x for x in heatmap.layers if any(a <= int(x) <= b for a, b in sink.data["runs"])][1:]
+    rows = np.array([heatmap.layers.index(x) for x in layers], dtype=int)
+    if not len(rows):
+        return []
+    raw = np.asarray(heatmap.values, dtype=np.float64)[rows]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mine = float(np.nanmedian(raw[:, t]))
+        others = float(np.nanmedian(np.nanmedian(np.delete(raw, t, axis=1), axis=0)))
+    level = "quiet" if mine < QUIET * others else "busy" if mine > BUSY * others else "like"
+    runs = []
+    for x in (int(v) for v in layers):
+        if runs and x == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], x)
+        else:
+            runs.append((x, x))
+    return [Link("update", t, (panel,), {"runs": runs, "median": mine, "others": others, "level": level})]

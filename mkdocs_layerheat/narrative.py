@@ -158,6 +158,14 @@ def _groups(f: Findings) -> list[tuple[str, list[Phenomenon]]]:
     return [(kind, f.of(kind)) for kind in order if f.of(kind)]
 
 
+def _differing_to_the_top(f: Findings) -> bool:
+    """Whether tokens keep differing once they begin to: bands that are not uniform hold at least half of the
+    layers from the onset up (a single band where they differ, between uniform ones, is an event, not a regime)."""
+    above = [b for b in f.bands if b.rows[0] >= f.onset.rows[0]]
+    differing = sum(b.n_layers for b in above if not b.kind.startswith("uniform-"))
+    return 2 * differing >= sum(b.n_layers for b in above)
+
+
 def _interpretation(f: Findings, tok) -> list[str]:
     """The hedged closing reading: what the phenomena found are consistent with, in the literature's words."""
     out = []
@@ -185,7 +193,7 @@ def _interpretation(f: Findings, tok) -> list[str]:
                    "the prediction, only that it is not yet in the output's basis (Belrose et al. 2023)"
                    + ("; the late drops suggest that the last layers spread probability back over alternatives."
                       if f.of("late-drop") else "."))
-    if f.onset and not f.phenomena and f.metric not in LENSES:
+    if f.onset and not f.phenomena and f.metric not in LENSES and _differing_to_the_top(f):
         out.append("Uniform lower layers followed by tokens that differ are consistent with early layers treating "
                    "all tokens alike and later ones specialising.")
     return out

@@ -6,7 +6,8 @@ mean the same in every figure. A phenomenon is stated once, by its own sentence;
 left out of the bands and highlights (`aside`), so that they describe the rest of the figure.
 
 - `attention-sink`: a token taking at least `SINK_SHARE` of the attention (Gu et al. 2024's threshold) and
-  `SINK_FACTOR` times the layer's median, at `min_layers` layers or more (Xiao et al. 2023).
+  `SINK_FACTOR` times the layer's median, or, since shares thin out over a long text, at least 1/sqrt(T) of
+  it and `SINK_FACTOR_LONG` times the median, at `min_layers` layers or more (Xiao et al. 2023).
 - `massive-activation`: a token whose norm is at least `MASSIVE_RATIO` times the layer's median over a run
   of layers (a single layer for a sublayer's write) (Sun et al. 2024).
 - `prediction-converges` and `late-drop`: per position, the layer from which the lens keeps the predicted
@@ -25,10 +26,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 SINK_SHARE, SINK_FACTOR = 0.3, 5.0
+SINK_FACTOR_LONG = 20.0  # ... or a share of at least 1/sqrt(tokens) at 20x the median (long texts)
 MASSIVE_RATIO = 10.0
 CONVERGED_P = 0.5
 LATE_DROP = 0.3
-EDGE_SHARE = 0.02  # the edge: the last (first) max(3, 2% of the tokens) positions
+EDGE_SHARE = 0.1  # the edge: the last (first) max(3, 10% of the tokens) positions, seen by few queries (keys)
 
 SOURCES = {
     "attention-sink": "Xiao et al. 2023, StreamingLLM; Gu et al. 2024, When Attention Sink Emerges",
@@ -67,7 +69,7 @@ def edge_positions(metric: str, n_tokens: int, causal: bool) -> list[int]:
     return []
 
 
-def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+def true_runs(flags: np.ndarray) -> list[tuple[int, int]]:
     """Runs of True in a 1-D boolean array, as (first, last) indices."""
     out, start = [], None
     for i, on in enumerate(list(flags) + [False]):
@@ -88,13 +90,15 @@ def _row_medians(raw: np.ndarray, skip: list[int]) -> np.ndarray:
 
 
 def sinks(raw: np.ndarray, layers: list[int], edge: list[int]) -> list[Phenomenon]:
-    """Tokens taking at least SINK_SHARE of the attention, and SINK_FACTOR x the layer's median, at enough layers."""
+    """Tokens taking at least SINK_SHARE of the attention and SINK_FACTOR x the layer's median (or 1/sqrt(T)
+    and SINK_FACTOR_LONG x), at enough layers."""
     n_layers, n_tokens = raw.shape
     if n_tokens < 4:
         return []
     median = _row_medians(raw, edge)
     x = np.nan_to_num(raw, nan=0.0)
-    on = (x >= SINK_SHARE) & (x >= SINK_FACTOR * median[:, None])
+    on = ((x >= SINK_SHARE) & (x >= SINK_FACTOR * median[:, None])
+          | (x >= 1 / math.sqrt(n_tokens)) & (x >= SINK_FACTOR_LONG * median[:, None]))
     on[:, edge] = False
     need = max(2, math.ceil(n_layers / 10))
     out = []
@@ -104,7 +108,7 @@ def sinks(raw: np.ndarray, layers: list[int], edge: list[int]) -> list[Phenomeno
         peak = int(rows[np.argmax(shares)])
         out.append(Phenomenon(
             "attention-sink", [int(t)], (layers[rows[0]], layers[rows[-1]]), float(shares.mean()),
-            data={"runs": [(layers[a], layers[b]) for a, b in _runs(on[:, t])], "count": len(rows),
+            data={"runs": [(layers[a], layers[b]) for a, b in true_runs(on[:, t])], "count": len(rows),
                   "low": float(shares.min()), "high": float(shares.max()), "peak_layer": layers[peak],
                   "median": float(np.mean(median[rows]))},
             cells=[(int(r), int(t)) for r in rows],
@@ -125,7 +129,7 @@ def massive(raw: np.ndarray, layers: list[int], single_layer: bool) -> list[Phen
     need = 1 if single_layer else max(3, math.ceil(n_layers / 10))
     out = []
     for t in range(n_tokens):
-        runs = [r for r in _runs(on[:, t]) if r[1] - r[0] + 1 >= need]
+        runs = [r for r in true_runs(on[:, t]) if r[1] - r[0] + 1 >= need]
         if not runs:
             continue
         first, last = max(runs, key=lambda r: float(np.nanmax(raw[r[0]:r[1] + 1, t])))

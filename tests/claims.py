@@ -69,13 +69,14 @@ def edge_positions(metric: str, n: int, causal: bool) -> list[int]:
     """Attention received at the last positions averages over few queries; entropy at the first sees few keys."""
     if not causal or n < 8 or metric not in ("attention", "attention-entropy"):
         return []
-    k = min(n, max(3, math.ceil(0.02 * n)))
+    k = min(n, max(3, math.ceil(0.1 * n)))
     return list(range(n - k, n)) if metric == "attention" else list(range(k))
 
 
 def sink_cells(raw: np.ndarray, edge: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """token -> (rows, cols) of the cells where it takes >= 0.3 of the attention and >= 5x the layer's median
-    (over the tokens off the edge), for tokens with at least max(2, a tenth of the layers) such layers."""
+    (over the tokens off the edge), or >= 1/sqrt(n) and >= 20x, for tokens with at least max(2, a tenth of the
+    layers) such layers."""
     n_layers, n = raw.shape
     out = {}
     if n < 4:
@@ -86,7 +87,8 @@ def sink_cells(raw: np.ndarray, edge: list[int]) -> dict[int, tuple[np.ndarray, 
         median = float(np.median(row)) if row else math.nan
         for t in range(n):
             x = raw[r, t]
-            if t not in edge and not math.isnan(x) and x >= 0.3 and x >= 5 * median:
+            if t not in edge and not math.isnan(x) and (x >= 0.3 and x >= 5 * median
+                                                       or x >= n ** -0.5 and x >= 20 * median):
                 rows_of.setdefault(t, []).append(r)
     for t, rows in rows_of.items():
         if len(rows) >= max(2, math.ceil(n_layers / 10)):
@@ -169,6 +171,13 @@ class Reader:
         self.contrast = (self.v - self.median[:, None]) / (self.span if self.span > 0 else 1.0)
         c = np.nan_to_num(self.contrast, nan=-np.inf)
         self.stands = (c >= STANDS_OUT - 1e-9) & (np.nan_to_num(self.u, nan=-np.inf) >= LOW - 1e-9)
+        self.flat = np.zeros(self.n_layers, dtype=bool)
+        if "Each layer (row) is scaled" in text and "has the same value" not in text:  # raw 1.5x the median too
+            cells = np.where(self.valid, self.raw, np.nan)
+            median = quiet(np.nanmedian, cells[:, self.kept], axis=1)
+            differs = np.nan_to_num(cells, nan=-np.inf) >= 1.5 * np.nan_to_num(median, nan=np.inf)[:, None] - 1e-12
+            self.stands &= differs
+            self.flat = ~(differs & self.valid)[:, self.kept].any(axis=1) & self.valid.any(axis=1)
         self.layer_means = quiet(np.nanmean, rest, axis=1)
 
     # -- helpers --------------------------------------------------------------------------------------
@@ -426,6 +435,14 @@ class Reader:
         # bands
         bands: list[tuple[int, int, str]] = []
 
+        def flat(m):
+            stated = set(int(r) for a, b in self.spans(m.group(1)) for r in range(a, b + 1))
+            self.expect(stated == set(np.flatnonzero(self.flat).tolist()), "flat layers")
+        eat(r"A token is said to stand out only where its raw value is also at least 1\.5x the layer's median; in "
+            + SPANS.replace("(?:Layers?|layers?)", "(?:layers?)") + " none is", flat)
+        if self.flat.any():
+            self.expect("1.5x the layer's median; in " in text, "flat layers not said")
+
         def uniform(m):
             spans = self.spans(m.group(1))
             rows = self.band_rows(spans)
@@ -520,8 +537,10 @@ class Reader:
                 named.append(self.check_peak(p.group(1), p.group(2), p.group(3), p.group(4)))
             described = set(listed_runs) | (set(settle) - {t for t, r in settle.items() if r is None} | set(drops)
                                             if self.metric in LENSES else set())
+            self.expect(self.metric != "logit-lens-rank", "a rank figure names no highlight")
             peaking = [t for t in range(self.n_tokens) if self.kept[t] and self.valid[:, t].any()
-                       and self.stands[self.peak_row(t), t] and t not in described]
+                       and self.stands[self.peak_row(t), t] and t not in described
+                       and (self.metric != "logit-lens" or self.raw[self.peak_row(t), t] >= 0.1 - 1e-9)]
             self.expect(not set(named) & described, "a highlight repeats a token described above")
             strength = {t: self.contrast[self.peak_row(t), t] for t in peaking}
             weakest = min((strength.get(t, np.inf) for t in named), default=np.inf)
@@ -664,18 +683,20 @@ class Reader:
             self.expect(("first" not in role or t == 0) and ("special" not in role or self.special[t]), "sink role")
         eat(rf"(?P<tok>{TOK})(?P<role>, (?:the first|a whitespace|a delimiter|a special) token,)? takes (?P<lo>{NUM})–(?P<hi>{NUM}) of the attention at (?P<k>\d+) of the (?P<n>\d+) layers \((?P<spans>[^;]+); mean (?P<mean>{NUM}), against a layer median of (?P<med>{NUM})\)\.", sink)
 
+        runs_at = r"(?:layers?) \d+(?:–\d+)?(?:(?: and |, )\d+(?:–\d+)?)*"
+
         def sink_lead(m):
-            for ref in re.finditer(rf"({TOK})(?: at {LAYERS}| through most of the depth)?", m.group(0)):
+            for ref in re.finditer(rf"({TOK})(?: at ({runs_at})| through most of the depth)?", m.group(0)):
                 (t,) = self.token(ref.group(1))[:1] or [None]
                 if t not in self.sinks:
                     self.fail(f"{ref.group(1)} is called an attention sink but is not one")
                     continue
                 rows = self.sinks[t][0]
                 if ref.group(2):
-                    self.expect((int(ref.group(2)), int(ref.group(3) or ref.group(2))) == (self.layers[rows[0]], self.layers[rows[-1]]), "sink range")
+                    self.expect(stated_spans(ref.group(2)) == spans_of(rows), "sink layers")
                 elif "through most" in ref.group(0):
                     self.expect(len(rows) >= 0.6 * self.n_layers, "sink through most of the depth")
-        eat(rf"{TOK} is an attention sink(?: through most of the depth| at {LAYERS})(?:,? (?:and )?{TOK} at {LAYERS})*\.", sink_lead)
+        eat(rf"{TOK} is an attention sink(?: through most of the depth| at {runs_at})(?:,? (?:and )?{TOK} at {runs_at})*\.", sink_lead)
 
         def strongest(t):
             runs = self.massive[t]["runs"]
@@ -769,10 +790,22 @@ class Reader:
                 self.expect(int(m.group("never")) == len(positions) - len(done) and int(m.group("n")) == len(positions), "unsettled count")
             self.expect(int(m.group("drops") or 0) == len(drops), "late drops count")
         eat(r"Predictions settle (?P<when>late|early|midway), at layer (?P<median>\d+) in the median(?:; (?P<never>\d+) of the (?P<n>\d+) positions end (?:below 0\.5|outside rank 1))?(?:, and (?P<drops>\d+) falls? back in the last layers)?\.", lens_lead)
-        eat(r"No prediction settles: none of the (\d+) holds", lambda m: self.expect(not done and int(m.group(1)) == len(positions), "nothing settles"))
+        eat(r"No prediction settles: none of the (\d+) holds (?:rank 1|0\.5) to the last layer", lambda m: self.expect(not done and int(m.group(1)) == len(positions), "nothing settles"))
         eat(r"None of the (\d+) predictions reaches (?:rank 1|0\.5) and holds it to layer (\d+)", lambda m: self.expect(not done and int(m.group(1)) == len(positions), "nothing settles"))
-        eat(r"(\d+) of the (\d+) predictions reach (?:rank 1|0\.5) and hold it to layer (\d+)", lambda m: self.expect(
-            int(m.group(1)) == len(done) and int(m.group(2)) == len(positions) and self.row(m.group(3)) == self.n_layers - 1, "settled count"))
+        def settled_count(m):
+            self.expect(int(m.group(1)) == len(done) and int(m.group(2)) == len(positions)
+                        and self.row(m.group(3)) == self.n_layers - 1, "settled count")
+            if m.group("list"):  # every settled prediction, named with its layer
+                stated = [(self.token(a)[:1], int(b)) for a, b in re.findall(rf"({TOK}) from layer (\d+)", m.group("list"))]
+                self.expect(len(stated) == len(done) <= 4, "every settled prediction named")
+                for ts, layer in stated:
+                    self.expect(bool(ts) and settle.get(ts[0]) is not None and self.layers[settle[ts[0]]] == layer, "settling layer")
+        eat(rf"(\d+) of the (\d+) predictions reach (?:rank 1|0\.5) and hold it to layer (\d+)(?:: (?P<list>(?:{TOK} from layer \d+(?:; )?)+))?", settled_count)
+
+        def few(m):
+            self.expect(int(m.group(1)) == len(done) and int(m.group(2)) == len(positions) and 4 * len(done) < len(positions), "few settle")
+            self.expect(int(m.group(3) or 0) == len(drops), "late drops count")
+        eat(r"Few predictions settle: (\d+) of the (\d+) reach (?:rank 1|0\.5) and hold it to the last layer(?:, and (\d+) falls? back in the last layers)?\.", few)
 
         def earliest(m):
             stated = [(self.token(a)[:1], int(b)) for a, b in re.findall(rf"({TOK}) from layer (\d+)", m.group(1))]

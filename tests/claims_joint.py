@@ -149,27 +149,29 @@ def check_joint(text: str, panels: list[dict]) -> int:
         t = token(m.group("tok"))
         p = panel(m.group("up"))
         expect(panels[p]["metric"] == "update", "update panel")
-        r = rows_of(p, int(m.group("a")), int(m.group("b") or m.group("a")))
-        raw = readers[p].raw
-        mine = float(np.nanmean(raw[r, t]))
-        others = float(np.nanmedian(quiet(np.nanmean, np.delete(raw[r], t, axis=1), axis=0)))
-        expect(close(m.group("mean"), mine) and close(m.group("others"), others), "update means")
-        level = "barely" if mine < 0.5 * others else "more" if mine > 2 * others else "about"
-        expect(level in m.group("level"), f"update level: {level}")
-        # the layers are those of the token's phenomenon: the massive plateau, else the sink's span
-        spans = []
+        stated = [(int(a), int(b or a)) for a, b in re.findall(r"(\d+)(?:–(\d+))?", m.group("runs"))]
+        # the layers: the massive activation's plateau after its first layer, else the sink's layers after its first
+        expected = None
         for q, reader in enumerate(readers):
             if panels[q]["metric"] in NORMS and t in reader.massive:
                 first, last, peak = strongest(reader, t)
                 plateau = [x for x in range(first, last + 1) if reader.raw[x, t] >= 0.5 * reader.raw[peak, t]]
-                spans.append((int(panels[q]["layers"][plateau[0]]), int(panels[q]["layers"][plateau[-1]])))
+                lo, hi = int(panels[q]["layers"][plateau[0]]), int(panels[q]["layers"][plateau[-1]])
+                expected = [x for x in panels[p]["layers"] if lo < int(x) <= hi]
                 break
         else:
             for q, reader in enumerate(readers):
                 if panels[q]["metric"] == "attention" and t in reader.sinks:
-                    rows = reader.sinks[t][0]
-                    spans.append((int(panels[q]["layers"][rows[0]]), int(panels[q]["layers"][rows[-1]])))
-        expect(spans[:1] == [(int(m.group("a")), int(m.group("b") or m.group("a")))], "update layers")
+                    sink_layers = {int(panels[q]["layers"][r]) for r in reader.sinks[t][0]}
+                    expected = [x for x in panels[p]["layers"] if int(x) in sink_layers][1:]
+        expect(expected is not None and [(a, b) for a, b in _runs(expected)] == stated, "update layers")
+        rows = [panels[p]["layers"].index(x) for x in expected or []]
+        raw = readers[p].raw[rows]
+        mine = float(np.nanmedian(raw[:, t]))
+        others = float(np.nanmedian(np.nanmedian(np.delete(raw, t, axis=1), axis=0)))
+        expect(close(m.group("median"), mine) and close(m.group("others"), others), "update medians")
+        level = "barely" if mine < 0.5 * others else "more" if mine > 2 * others else "about"
+        expect(level in m.group("level"), f"update level: {level}")
 
     patterns = [
         (rf"(?P<tok>{TOK}) is both an attention sink in \((?P<sp>[a-h])\), at (?P<runs>layers? [\d–, and]+?), and {massive};"
@@ -178,8 +180,8 @@ def check_joint(text: str, panels: list[dict]) -> int:
          rf"\((?P<np>[a-h])\), (?P<but>but|and) its [a-zA-Z -]+ there is (?P<lo>{NUM})–(?P<hi>{NUM})x the other tokens' median\.", sink_only),
         (rf"(?P<tok>{TOK}) has {massive} but is no attention sink: it takes at most (?P<share>{NUM}) of the attention in "
          rf"\((?P<ap>[a-h])\) at any layer\.", massive_only),
-        (rf"Over layers? (?P<a>\d+)(?:–(?P<b>\d+))?, the update of (?P<tok>{TOK}) in \((?P<up>[a-h])\) averages (?P<mean>{NUM}) "
-         rf"against a median of (?P<others>{NUM}) for the other tokens: (?P<level>it barely changes there|it changes more than "
+        (rf"Over (?P<runs>layers? [\d–, and]+?), the update of (?P<tok>{TOK}) in \((?P<up>[a-h])\) has a median of (?P<median>{NUM}) "
+         rf"against (?P<others>{NUM}) for the other tokens: (?P<level>it barely changes there|it changes more than "
          rf"the other tokens|it changes about as much as the other tokens)\.", update),
     ]
     for pattern, handler in patterns:

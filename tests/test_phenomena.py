@@ -140,6 +140,53 @@ def test_rank_convergence():
     assert "reach rank 1" in text
 
 
+def test_few_settled_predictions_are_named_and_the_lead_says_few():
+    rng = np.random.default_rng(9)
+    v = lens(rng, 12, 20)
+    v[6:, 3] = 0.8  # w3 -> w4 from layer 7, the only one of 19
+    findings, text, doc = read(make(v, "logit-lens"))
+    assert doc["lead"] == "Few predictions settle: 1 of the 19 reach 0.5 and hold it to the last layer."
+    assert "1 of the 19 predictions reach 0.5 and hold it to layer 12: `w3` → `w4` from layer 7." in text
+
+
+def test_lens_highlights_are_probabilities_and_a_rank_figure_has_none():
+    rng = np.random.default_rng(10)
+    v = lens(rng, 10, 12) * 0.01  # every probability below 0.0005 ...
+    v[4, 5] = 0.03  # ... one at 0.03: the top of its row once each row is scaled, yet no prediction
+    v[6, 8] = 0.4  # a real one, that does not settle
+    findings, text, doc = read(make(v, "logit-lens"), "layer")
+    assert [h["index"] for h in doc["highlights"]] == [8]
+    ranks = rng.integers(2, 40000, (10, 12)).astype(float)
+    findings, text, doc = read(make(ranks, "logit-lens-rank"), "none")
+    assert doc["highlights"] == [] and "stand out most" not in text
+
+
+def test_a_long_texts_first_token_is_a_sink_at_a_thinner_share():
+    """110 tokens: the first takes 0.25 of the attention (50x the median) at layers 4-10 and 0.6 from 13 up."""
+    rng = np.random.default_rng(11)
+    v = attention(rng, 24, 110) * 0.1  # shares of about 0.003
+    v[3:10, 0] = 0.25
+    v[12:, 0] = 0.6
+    findings, text, doc = read(make(v, "attention"))
+    (sink,) = [p for p in doc["phenomena"] if p["kind"] == "attention-sink"]
+    assert sink["tokens"] == [0] and sink["layers"] == [4, 24] and "layers 4–10 and 13–24" in sink["sentence"]
+    assert "layers 4–10 and 13–24" in doc["lead"] or "through most of the depth" in doc["lead"]
+    edge = next(p for p in doc["phenomena"] if p["kind"] == "edge-effect")
+    assert edge["tokens"] == list(range(99, 110))  # a tenth of the positions
+
+
+def test_layer_scaling_of_small_differences_is_said_not_read_as_standing_out():
+    """Norms within 1.1x of each other: scaled layer by layer they fill the colour range, yet nothing stands out."""
+    rng = np.random.default_rng(12)
+    v = rng.uniform(100, 110, (12, 16))
+    v[:6, 3], v[:6, 9] = 175, 170  # layers 1-6 have two tokens 1.6x the others: a real difference
+    findings, text, doc = read(make(v, "hidden-norm"), "layer")
+    assert findings.flat == [(7, 12)]
+    assert "at least 1.5x the layer's median; in layers 7–12 none is" in text
+    assert [(t.index, t.sustained) for t in findings.runs] == [(9, (1, 6))]  # (w3 dominates: set aside)
+    assert all(h["layer"] <= 6 for h in doc["highlights"])
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.sampled_from(["attention", "hidden-norm", "mlp-norm"]),
        st.sampled_from(["none", "global", "layer", "token"]))
