@@ -539,8 +539,8 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
             group = sorted(int(kept_idx[j]) for j in group_j)
             t = group[0]  # a group is described by its first position
             first, last, direction = _strongest_run(np.nan_to_num(contrast[:, t]), valid[:, t], stands[:, t])
-            if first == last and direction == "above" and len(group) == 1 and tokens[t].stands_out:
-                continue  # a single peak, already a highlight
+            if last - first + 1 < min_run and direction == "above" and len(group) == 1 and tokens[t].stands_out:
+                continue  # a peak of a layer or two, already a highlight: not a profile
             anomalies.append(Anomaly(
                 "profile", group, labels[t], any(token_kinds[i] in ("special", "template") for i in group),
                 float(token_means[t]),
@@ -549,7 +549,7 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
                 run_mean=float(np.nanmean(v[first:last + 1, t])),
                 run_median=float(np.nanmean(layer_medians[first:last + 1])),
                 distance=float(distance[group_j[0]]), typical_distance=typical,
-                token_kind=token_kinds[t], listed_run=len(group) == 1 and direction == "above"
+                token_kind=token_kinds[t], listed_run=direction == "above" and all(i in listed for i in group)
                 and listed.get(t) == (layers[first], layers[last]),
             ))
 

@@ -98,9 +98,13 @@ def model_name(ref: str) -> str:
 
 
 @pass_context
-def cell(context, item: tuple[int, int]) -> str:
-    """A (token, layer) cell as the text names it: "`x` at layer 12"."""
-    return f"{context['tok'](item[0])} at layer {item[1]}"
+def cells(context, items: list[tuple[int, int]]) -> str:
+    """(token, layer) cells as the text names them, each token once: "`x` at layers 12 and 14, `y` at layer 3"."""
+    by_token: dict[int, list[int]] = {}
+    for token, layer in items:
+        by_token.setdefault(token, []).append(layer)
+    return join([f"{context['tok'](t)} at {'layer' if len(ls) == 1 else 'layers'} {join([str(x) for x in sorted(ls)])}"
+                 for t, ls in by_token.items()])
 
 
 def percent(share: float) -> str:
@@ -228,9 +232,8 @@ class Narrative:
     def __init__(self, loader: BaseLoader):
         self.env = Environment(loader=loader, autoescape=False, trim_blocks=True, lstrip_blocks=True,
                                keep_trailing_newline=True, undefined=StrictUndefined)
-        self.env.filters.update(num=scaled, raw=number, pct=percent, code=code, cell=cell, signed=signed,
-                                times=times, span=span)
-        self.env.globals.update(join=join, layers=layers, spans=spans)
+        self.env.filters.update(num=scaled, raw=number, pct=percent, code=code, signed=signed, times=times, span=span)
+        self.env.globals.update(join=join, layers=layers, spans=spans, cells=cells)
 
     def context(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool = True,
                 shared: bool = False) -> dict:
@@ -300,7 +303,7 @@ class Narrative:
             "low_below": f.scale_low + span / 3,
             "high_above": f.scale_low + 2 * span / 3,
             "max_runs": MAX_RUNS,
-            "unusual": {a.indices[0] for a in f.profile_anomalies if a.listed_run},
+            "unusual": [a.indices for a in f.profile_anomalies if a.listed_run],  # said with the runs
             "tok": tok,
             "toks": toks,
             "some": some,

@@ -456,13 +456,14 @@ class Reader:
             level = {"high": med >= HIGH - 1e-9, "low": med <= LOW + 1e-9, "medium": LOW - 1e-9 <= med <= HIGH + 1e-9}
             self.expect(level[m.group(2)], f"band {name} called uniformly {m.group(2)} but its median is {med:.2f}")
             outliers = int(self.stands[rows][:, self.kept].sum())
-            named = re.findall(rf"({TOK}) at layer (\d+)", m.group("cells") or "")
+            named = [(ref, layer) for ref, at in re.findall(rf"({TOK}) at layers? ((?:\d+(?:, | and ))*\d+)", m.group("cells") or "")
+                     for layer in re.findall(r"\d+", at)]
             for ref, layer in named:
                 for t in self.token(ref):
                     self.expect(bool(self.stands[self.row(layer), t]) and self.row(layer) in rows, f"{ref} does not stand out at layer {layer}")
             stated = int(m.group(7)) if m.group(7) else len(named)
             self.expect(outliers == stated, f"band {name}: {outliers} cells stand out, the text says {stated}")
-        eat(SPANS + rf" (?:is|are) uniformly (high|low|medium): 80% of (?:its|their) cells lie (?:between ({NUM}) and|at)() ({NUM}) \(mean ({NUM})\)(?:, apart from (?:(\d+) cells where a token stands out|(?P<cells>(?:{TOK} at layer \d+(?:, | and )?)+), where (?:a token stands|tokens stand) out))?", uniform)
+        eat(SPANS + rf" (?:is|are) uniformly (high|low|medium): 80% of (?:its|their) cells lie (?:between ({NUM}) and|at)() ({NUM}) \(mean ({NUM})\)(?:, apart from (?:(\d+) cells where a token stands out|(?P<cells>(?:{TOK} at layers? (?:\d+(?:, | and ))*\d+(?:, | and )?)+), where (?:a token stands|tokens stand) out))?", uniform)
 
         def sparse(m):
             spans = self.spans(m.group(1))
@@ -565,14 +566,14 @@ class Reader:
             self.expect(int(m.group(2)) == b - a + 1 == best, f"{m.group(1)}: its run is not the longest ({m.group(2)})")
         eat(rf"({TOK}) stays above the others for (\d+) layers\.", run_lead)
         def runs(m):
-            for r in re.finditer(rf"({TOK}) from layer (\d+) to (\d+) \((?:mean )?({NUM}) against (?:a median of )?({NUM})(?P<unusual>; a depth profile unlike the others')?\)", m.group("items")):
+            for r in re.finditer(rf"({TOK}) from layer (\d+) to (\d+) \((?:mean )?({NUM}) against (?:a median of )?({NUM})\)", m.group("items")):
                 self.check_run(r.group(1), r.group(2), r.group(3), r.group(4), r.group(5))
-                t = (self.token(r.group(1)) or [0])[0]
-                listed_runs.append(t)
-                if r.group("unusual"):
-                    idx, typical, nearest = self.to_typical()
-                    d = nearest[list(idx).index(t)] if t in idx else 0
-                    self.expect(d > max(0.15, 3 * typical), f"{self.labels[t]} said unlike the others")
+                listed_runs.append((self.token(r.group(1)) or [0])[0])
+            idx, typical, nearest = self.to_typical()
+            odd = re.findall(rf"; ((?:{TOK}(?:, | and )?)+?) (?:has|share) a depth profile unlike the other tokens'", m.group("odd") or "")
+            for t in [t for g in odd for t in self.tokens(g)]:  # listed, and far from the typical profile
+                d = nearest[list(idx).index(t)] if t in idx else 0
+                self.expect(t in listed_runs and d > max(0.15, 3 * typical), f"{self.labels[t]} said unlike the others")
             n = sum(1 for t in range(self.n_tokens) if self.kept[t]
                     and (lambda r: r[1] - r[0] + 1)(self.longest_run(t)) >= self.min_run)
             more = int(m.group("more")) if m.group("more") else 0
@@ -582,7 +583,7 @@ class Reader:
             longest = sorted(((lambda r: r[1] - r[0] + 1)(self.longest_run(t)) for t in range(self.n_tokens) if self.kept[t]), reverse=True)
             stated = [(lambda r: r[1] - r[0] + 1)(self.longest_run(t)) for t in listed_runs]
             self.expect(sorted(stated, reverse=True) == longest[:len(stated)], "the listed runs are not the longest")
-        eat(r"Tokens that stay clearly above the others over a run of layers: (?P<items>.*?)(?:; (?P<more>\d+) more tokens? ha(?:s|ve) such a run of at least (?P<min>\d+) layers)?\.$", runs, re.M)
+        eat(rf"Tokens that stay clearly above the others over a run of layers: (?P<items>.*?)(?P<odd>(?:; (?:{TOK}(?:, | and )?)+? (?:has|share) a depth profile unlike the other tokens')*)(?:; (?P<more>\d+) more tokens? ha(?:s|ve) such a run of at least (?P<min>\d+) layers)?\.$", runs, re.M)
 
         # observations
         def structure(m):

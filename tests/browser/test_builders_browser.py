@@ -1,5 +1,6 @@
-"""A site built with Zensical (the Markdown extension, assets from `layerheat assets`), opened in headless
-Chromium: figures drawn, no console error, no off-site request, instant navigation and the palette toggle."""
+"""One site, one configuration, built with Zensical (the Markdown extension, assets from `layerheat assets`) and
+with ProperDocs (the plugin), opened in headless Chromium: figures drawn, no console error, no off-site request,
+instant navigation and the palette toggle."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from click.testing import CliRunner
 from mkdocs_layerheat.cli import main
 
 PAGE = "# {title}\n\n```layerheat\nmodel: tiny\ntext: '{text}'\nmetric: {metric}\n```\n"
-CONFIG = """site_name: layerheat under Zensical
+CONFIG = """site_name: layerheat under {builder}
 extra_javascript: [assets/layerheat/bokeh.min.js, assets/layerheat/layerheat.js]
 extra_css: [assets/layerheat/layerheat.css]
 nav: [index.md, second.md]
 theme:
+  name: material
   font: false  # no Google Fonts: the site works offline
   features: [navigation.instant]
   palette:
@@ -30,22 +32,26 @@ theme:
 markdown_extensions:
   - layerheat:
       models: {{tiny: '{model}'}}
+plugins:
+  - layerheat:
+      models: {{tiny: '{model}'}}
 """
 
 
-@pytest.fixture(scope="module")
-def zensical_site(llama_model, tmp_path_factory):
-    root = tmp_path_factory.mktemp("zensical-site")
+@pytest.fixture(scope="module", params=["zensical", "properdocs"])
+def built_site(request, llama_model, tmp_path_factory):
+    builder = request.param
+    root = tmp_path_factory.mktemp(f"{builder}-site")
     (root / "docs").mkdir()
     (root / "docs" / "index.md").write_text(PAGE.format(title="First", text="The fox looks back.", metric="attention"))
     (root / "docs" / "second.md").write_text(PAGE.format(title="Second", text="A second page.", metric="[attention, update]"))
     assert CliRunner().invoke(main, ["assets", str(root / "docs" / "assets" / "layerheat")]).exit_code == 0
-    (root / "mkdocs.yml").write_text(CONFIG.format(model=llama_model.path))
-    result = subprocess.run([str(Path(sys.executable).parent / "zensical"), "build"], cwd=root, capture_output=True,
-                            text=True)
+    (root / "mkdocs.yml").write_text(CONFIG.format(builder=builder, model=llama_model.path))
+    command = [str(Path(sys.executable).parent / builder), "build"] + (["-f", "mkdocs.yml"] if builder == "properdocs" else [])
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     with serve(root / "site") as url:
-        yield url
+        yield builder, url
 
 
 def axis_colour(tab) -> str:
@@ -53,8 +59,9 @@ def axis_colour(tab) -> str:
         .find(m => m.properties && 'axis_label_text_color' in m.properties).axis_label_text_color""")
 
 
-def test_figures_draw_offline_follow_instant_navigation_and_the_palette(zensical_site, page):
-    page.goto(zensical_site)
+def test_figures_draw_offline_follow_instant_navigation_and_the_palette(built_site, page):
+    builder, url = built_site
+    page.goto(url)
     wait_for_figures(page, 1)
     assert len(np.unique(plot_pixels(page, 0).reshape(-1, 3), axis=0)) > 20
     light = axis_colour(page)
@@ -66,5 +73,5 @@ def test_figures_draw_offline_follow_instant_navigation_and_the_palette(zensical
     page.wait_for_url("**/second/")
     wait_for_figures(page, 1)
     assert page.locator(".layerheat-plot").first.locator("canvas").count() >= 1
-    page.screenshot(path=str(ARTIFACTS / "zensical-second.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"{builder}-second.png"), full_page=True)
     assert page.problems == [], page.problems
