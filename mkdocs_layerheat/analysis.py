@@ -243,7 +243,7 @@ def _settle(runs: list[list], u: np.ndarray, valid: np.ndarray, stands: np.ndarr
                 r[2], changed = _kind(cells, spikes) or r[2], True
         merged: list[list] = []
         for r in runs:
-            if merged and merged[-1][2] == r[2]:
+            if merged and merged[-1][2] == r[2] and merged[-1][1] + 1 == r[0]:
                 merged[-1][1], changed = r[1], True
             else:
                 merged.append(r)
@@ -289,7 +289,7 @@ def _segments(kinds: list[str | None], row_means: np.ndarray) -> list[list]:
         del runs[j]
         merged: list[list] = []
         for r in runs:
-            if merged and merged[-1][2] == r[2]:
+            if merged and merged[-1][2] == r[2] and merged[-1][1] + 1 == r[0]:
                 merged[-1][1] = r[1]
             else:
                 merged.append(r)
@@ -458,6 +458,9 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
     if constant:
         kinds = ["uniform-low"] * n_layers
     segments = _segments(kinds, _quiet(np.nanmean, ur, axis=1))
+    if flat.any():  # layers said to be flat are no band's: the text says what they are
+        segments = [[first + a, first + b, kind] for first, last, kind in segments
+                    for a, b in true_runs(~flat[first:last + 1])]
     if not constant:
         segments = _settle(segments, ur, valid_r, stands[:, kept])
     kept_idx_all = np.flatnonzero(kept)
@@ -472,7 +475,7 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
             cells_u = cells_v = np.array([np.nan])
         p10, p90 = _quiet(np.nanpercentile, cells_v, [10, 90])
         high_tokens = []
-        if kind == "differentiating":
+        if kind == "differentiating" and normalize != "layer":  # (a row scaled on its own says no level)
             band_means = _quiet(np.nanmean, ur[rows], axis=0)
             order = np.argsort(-np.nan_to_num(band_means, nan=-1), kind="stable")
             high_tokens = [int(kept_idx_all[i]) for i in order if band_means[i] >= HIGH]

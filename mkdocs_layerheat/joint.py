@@ -5,7 +5,9 @@ Each link is a fact about one token that two panels support, read from the raw v
 docs/analysis.md ("Several metrics of one text"):
 
 - `sink-and-massive`: an attention sink (attention panel) that is also a massive activation (a norm panel),
-  with which comes first, the sink or the jump of the norm;
+  with which comes first, the sink or the jump of the norm; and, for the hidden-state norm, whether every
+  run of the sink begins one layer into a raised phase of the norm (its early phase, or the activation
+  from its onset to the end of its plateau): attention at layer l reads the state that block l - 1 wrote;
 - `sink-only`: a sink that is no massive activation, with its norm's range over the sink's layers as a
   multiple of the other tokens' median (*raised* when its median over those layers is RAISED x or more);
   `massive-only`: a massive activation that is no sink, with its largest share of the attention at any layer;
@@ -38,6 +40,15 @@ class Link:
     data: dict = field(default_factory=dict)
 
 
+def _follows(sink, massive) -> bool:
+    """Whether each run of the sink begins one layer into a raised phase of the norm: the layer below its
+    first lies in the early phase or in the activation (onset to the end of the plateau)."""
+    phases = [(massive.data["onset"], massive.data["plateau"][1])]
+    if massive.data["early"]:
+        phases.append(massive.data["early"][:2])
+    return all(any(a <= first - 1 <= b for a, b in phases) for first, _ in sink.data["runs"])
+
+
 def _rows(heatmap: Heatmap, first: int, last: int) -> np.ndarray:
     """Row indices of `heatmap` whose layer labels lie in [first, last]."""
     return np.array([r for r, layer in enumerate(heatmap.layers) if first <= int(layer) <= last], dtype=int)
@@ -65,7 +76,8 @@ def links(panels: list[tuple[Heatmap, Findings]]) -> list[Link]:
                 out.append(Link("sink-and-massive", t, (attention, i), {
                     "sink": sink, "massive": m, "onset": m.data["onset"], "ratio": m.value,
                     "order": "before" if sink.layers[0] < m.data["onset"] else
-                             "same" if sink.layers[0] == m.data["onset"] else "after"}))
+                             "same" if sink.layers[0] == m.data["onset"] else "after",
+                    "follows": panels[i][0].metric == "hidden-norm" and _follows(sink, m)}))
         elif sink:
             for i in norms:
                 raw = np.asarray(panels[i][0].values, dtype=np.float64)

@@ -164,10 +164,12 @@ def _groups(f: Findings) -> list[tuple[str, list[Phenomenon]]]:
 
 def _differing_to_the_top(f: Findings) -> bool:
     """Whether tokens keep differing once they begin to: bands that are not uniform hold at least half of the
-    layers from the onset up (a single band where they differ, between uniform ones, is an event, not a regime)."""
+    layers from the onset up, and at least max(3, a tenth of the layers) of them besides the last layer (a band
+    where they differ between uniform ones is an event, and the last block changes every model's tokens)."""
     above = [b for b in f.bands if b.rows[0] >= f.onset.rows[0]]
-    differing = sum(b.n_layers for b in above if not b.kind.startswith("uniform-"))
-    return 2 * differing >= sum(b.n_layers for b in above)
+    differing = [r for b in above if not b.kind.startswith("uniform-") for r in range(b.rows[0], b.rows[1] + 1)]
+    enough = len([r for r in differing if r != f.n_layers - 1]) >= max(3, math.ceil(f.n_layers / 10))
+    return enough and 2 * len(differing) >= sum(b.n_layers for b in above)
 
 
 def _interpretation(f: Findings, tok) -> list[str]:

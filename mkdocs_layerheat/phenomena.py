@@ -81,6 +81,16 @@ def true_runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return out
 
 
+def _around(column: np.ndarray, peak: int, floor: float) -> tuple[int, int]:
+    """The rows on either side of `peak` whose value stays at `floor` or more, without a gap."""
+    first, last = peak, peak
+    while first > 0 and column[first - 1] >= floor:
+        first -= 1
+    while last < len(column) - 1 and column[last + 1] >= floor:
+        last += 1
+    return first, last
+
+
 def _row_medians(raw: np.ndarray, skip: list[int]) -> np.ndarray:
     keep = np.ones(raw.shape[1], dtype=bool)
     keep[skip] = False
@@ -97,8 +107,11 @@ def sinks(raw: np.ndarray, layers: list[int], edge: list[int]) -> list[Phenomeno
         return []
     median = _row_medians(raw, edge)
     x = np.nan_to_num(raw, nan=0.0)
-    on = ((x >= SINK_SHARE) & (x >= SINK_FACTOR * median[:, None])
-          | (x >= 1 / math.sqrt(n_tokens)) & (x >= SINK_FACTOR_LONG * median[:, None]))
+    def sink(scale: float) -> np.ndarray:  # the rule, or at `scale` = 0.5 the rule's half (a sink's tails)
+        return ((x >= scale * SINK_SHARE) & (x >= scale * SINK_FACTOR * median[:, None])
+                | (x >= scale / math.sqrt(n_tokens)) & (x >= scale * SINK_FACTOR_LONG * median[:, None]))
+
+    on, tails = sink(1.0), sink(0.5)
     on[:, edge] = False
     need = max(2, math.ceil(n_layers / 10))
     out = []
@@ -111,7 +124,7 @@ def sinks(raw: np.ndarray, layers: list[int], edge: list[int]) -> list[Phenomeno
             data={"runs": [(layers[a], layers[b]) for a, b in true_runs(on[:, t])], "count": len(rows),
                   "low": float(shares.min()), "high": float(shares.max()), "peak_layer": layers[peak],
                   "median": float(np.mean(median[rows]))},
-            cells=[(int(r), int(t)) for r in rows],
+            cells=[(int(r), int(t)) for r in np.flatnonzero(tails[:, t])],  # its layers and its tails
         ))
     out.sort(key=lambda p: (-p.data["count"], p.tokens[0]))
     return out
@@ -135,15 +148,21 @@ def massive(raw: np.ndarray, layers: list[int], single_layer: bool) -> list[Phen
         first, last = max(runs, key=lambda r: float(np.nanmax(raw[r[0]:r[1] + 1, t])))
         seg = raw[first:last + 1, t]
         peak = first + int(np.nanargmax(seg))
-        plateau = [first + i for i in np.flatnonzero(seg >= 0.5 * raw[peak, t])]
+        plateau = _around(raw[:, t], peak, 0.5 * raw[peak, t])
         data = {
             "onset": layers[first], "onset_value": float(raw[first, t]), "end": layers[last], "peak_layer": layers[peak], "peak": float(raw[peak, t]),
             "peak_median": float(median[peak]), "ratio": float(ratio[peak, t]),
-            "plateau": (layers[plateau[0]], layers[plateau[-1]]),
+            "plateau": (layers[plateau[0]], layers[plateau[1]]),
             "before": float(raw[first - 1, t]) if first > 0 else None,
             "last_value": float(raw[-1, t]), "last_layer": layers[-1],
             "runs": [(layers[a], layers[b]) for a, b in runs],
+            "early": None,  # an earlier phase at half the threshold, apart from the run: (first, last, low, high)
         }
+        half = np.nan_to_num(ratio[:, t]) >= MASSIVE_RATIO / 2
+        before = [r for r in true_runs(half[:first]) if r[1] < first - 1]  # (one that ends at the onset is its rise)
+        if before and not single_layer:
+            a, b = before[-1]
+            data["early"] = (layers[a], layers[b], float(np.nanmin(ratio[a:b + 1, t])), float(np.nanmax(ratio[a:b + 1, t])))
         cells = [(int(r), t) for r in np.flatnonzero(np.nan_to_num(ratio[:, t]) >= MASSIVE_RATIO / 2)]  # its decay too
         out.append(Phenomenon("massive-activation", [t], (layers[first], layers[last]), data["ratio"], data, cells))
     out.sort(key=lambda p: -p.value)

@@ -96,6 +96,23 @@ def sink_cells(raw: np.ndarray, edge: list[int]) -> dict[int, tuple[np.ndarray, 
     return out
 
 
+def sink_tails(raw: np.ndarray, edge: list[int], sinks: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The cells of each sink token at half the rule (>= 0.15 and >= 2.5x, or >= 0.5/sqrt(n) and >= 10x): its
+    tails, which the summary leaves out with it."""
+    n_layers, n = raw.shape
+    out = []
+    for t in sinks:
+        rows = []
+        for r in range(n_layers):
+            row = [raw[r, u] for u in range(n) if u not in edge and not math.isnan(raw[r, u])]
+            median = float(np.median(row)) if row else math.nan
+            x = raw[r, t]
+            if not math.isnan(x) and (x >= 0.15 and x >= 2.5 * median or x >= 0.5 * n ** -0.5 and x >= 10 * median):
+                rows.append(r)
+        out.append((np.array(rows, dtype=int), np.full(len(rows), t)))
+    return out
+
+
 def massive_cells(raw: np.ndarray, single_layer: bool) -> dict[int, dict]:
     """token -> its longest-lasting facts: rows at >= 10x the layer's median in runs long enough, and the rows
     at >= 5x (its decay), which the summary leaves out."""
@@ -145,7 +162,8 @@ class Reader:
         self.massive = massive_cells(self.raw, self.metric != "hidden-norm") if self.metric in MASSIVE else {}
         aside = np.zeros(self.figure.shape, dtype=bool)
         aside[:, self.edge] = True
-        for cells in list(self.sinks.values()) + [m["aside"] for m in self.massive.values()]:
+        for cells in list(self.sinks.values()) + sink_tails(self.raw, self.edge, self.sinks) + [
+                m["aside"] for m in self.massive.values()]:
             aside[cells] = True
         aside[:, aside.sum(axis=0) > self.n_layers / 2] = True  # mostly explained: the whole token is left out
         self.aside = aside & ~np.isnan(self.figure)
@@ -505,11 +523,10 @@ class Reader:
                     self.expect(int(m.group("more")) == n_high - 4, "count of other high tokens")
         eat(r"In " + SPANS + rf" the tokens spread out: (\d+)% of the cells are high \(above ({NUM})\), (\d+)% low \(below ({NUM}); mean ({NUM})\)\.(?: (?P<high>(?:{TOK}(?:, | and )?)+?)(?:,? and (?P<more>\d+) other tokens)? stays? high(?: on average)?\.)?", differentiating)
 
-        if bands:
+        if bands:  # the bands and the flat layers cover every layer once
             bands.sort()
-            self.expect(bands[0][0] == 0 and bands[-1][1] == self.n_layers - 1, "bands do not cover all layers")
-            for (a0, b0, _), (a1, _, _) in zip(bands, bands[1:]):
-                self.expect(a1 == b0 + 1, f"bands {a0}-{b0} and {a1} overlap or leave a gap")
+            covered = sorted([r for a, b, _ in bands for r in range(a, b + 1)] + np.flatnonzero(self.flat).tolist())
+            self.expect(covered == list(range(self.n_layers)), "bands and flat layers do not cover every layer once")
         band_kinds = {(self.layers[a], self.layers[b]): k for a, b, k in bands}
 
         def trend(m):
@@ -723,14 +740,33 @@ class Reader:
             self.expect(close(m.group("ratio"), ratio[peak]), "massive ratio")
             if m.group("onset"):
                 self.expect(self.row(m.group("onset")) == first and close(m.group("before"), self.raw[first - 1, t]), "massive onset")
-            if m.group("end"):
-                plateau = [r for r in range(first, last + 1) if self.raw[r, t] >= 0.5 * self.raw[peak, t]]
-                self.expect(self.row(m.group("end")) == plateau[-1], "massive plateau")
+            if m.group("end"):  # the layers about the peak at half of it or more, without a gap
+                end = peak
+                while end + 1 < self.n_layers and self.raw[end + 1, t] >= 0.5 * self.raw[peak, t]:
+                    end += 1
+                self.expect(self.row(m.group("end")) == end, "massive plateau")
             if m.group("lv"):
                 self.expect(close(m.group("lv"), self.raw[-1, t]) and self.row(m.group("ll")) == self.n_layers - 1, "last value")
+            # an earlier phase: the last run of layers at 5x or more before the onset, apart from it
+            runs_at_half, start = [], None
+            for r in range(first + 1):
+                on = r < first and ratio[r] >= 5
+                if on and start is None:
+                    start = r
+                elif not on and start is not None:
+                    runs_at_half.append([start, r - 1])
+                    start = None
+            runs_at_half = [x for x in runs_at_half if x[1] < first - 1]  # one that ends at the onset is its rise
+            early = runs_at_half[-1] if runs_at_half and self.metric == "hidden-norm" else None
+            if named.get("ea"):
+                a, b = self.rows(m.group("ea"), m.group("eb"))
+                self.expect(early == [a, b], f"early phase {early}")
+                self.expect(close(m.group("elo"), min(ratio[a:b + 1])) and close(m.group("ehi"), max(ratio[a:b + 1])), "early ratios")
+            else:
+                self.expect(early is None, "an early phase is not said")
             if m.group("spans"):
                 self.expect(stated_spans(m.group("spans")) == [(self.layers[a], self.layers[b]) for a, b in self.massive[t]["runs"]], "writes")
-        eat(rf"(?P<tok>{TOK}) (?:jumps from (?P<before>{NUM}) to (?P<peak>{NUM}) at layer (?P<onset>\d+)|reaches (?P<peak2>{NUM}) at layer (?P<pl2>\d+)), (?P<ratio>{NUM})x the layer's median at layer (?P<pl>\d+), stays above half of that up to layer (?P<end>\d+)(?: and is down to (?P<lv>{NUM}) at layer (?P<ll>\d+))?\.(?P<spans>)", massive)
+        eat(rf"(?P<tok>{TOK})(?: holds (?P<elo>{NUM})–(?P<ehi>{NUM})x the layer's median at layers? (?P<ea>\d+)(?:–(?P<eb>\d+))?, then)? (?:jumps from (?P<before>{NUM}) to (?P<peak>{NUM}) at layer (?P<onset>\d+)|reaches (?P<peak2>{NUM}) at layer (?P<pl2>\d+)), (?P<ratio>{NUM})x the layer's median at layer (?P<pl>\d+), stays above half of that up to layer (?P<end>\d+)(?: and is down to (?P<lv>{NUM}) at layer (?P<ll>\d+))?\.(?P<spans>)", massive)
         eat(rf"The (?:MLP|attention sublayer) writes (?P<peak>{NUM}) into (?P<tok>{TOK}) at layer (?P<pl>\d+), (?P<ratio>{NUM})x the layer's median(?:; it writes at least 10x the median into it at (?P<spans>[^.]+))?\.(?P<onset>)(?P<before>)(?P<end>)(?P<lv>)(?P<ll>)", massive)
 
         def massive_lead(m):

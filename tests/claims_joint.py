@@ -102,23 +102,60 @@ def check_joint(text: str, panels: list[dict]) -> int:
                 return m.group(name)
         return G()
 
+    def early_phase(reader: Reader, t: int, first: int):
+        """The last run of layers at 5x the median or more before the onset, apart from it (claims.py's rule)."""
+        ratio = reader.massive[t]["ratio"]
+        runs, start = [], None
+        for r in range(first + 1):
+            on = r < first and ratio[r] >= 5
+            if on and start is None:
+                start = r
+            elif not on and start is not None:
+                runs.append((start, r - 1))
+                start = None
+        runs = [x for x in runs if x[1] < first - 1]
+        return runs[-1] if runs else None
+
     def both(m):
         g = normal(m)
         t = token(m.group("tok"))
         rows = sink_part(m.group("tok"), m.group("sp"), m.group("runs"), t)
         p = panel(g.group("mp"))
         first = massive_part(g, t, p)
-        if rows is not None and first is not None:
-            sink_first = int(panels[panel(m.group("sp"))]["layers"][rows[0]])
-            onset = int(panels[p]["layers"][first])
-            order = m.group("order")
-            truth = "before" if sink_first < onset else "same" if sink_first == onset else "after"
-            expect(order.startswith({"before": " the sink comes first", "same": " both begin",
-                                     "after": " the sink begins after it"}[truth]), f"sink and massive order {truth}")
-            if m.group("after"):
-                expect(int(m.group("after")) == sink_first, "sink begins")
-            if m.group("same"):
-                expect(int(m.group("same")) == onset, "both begin")
+        if rows is None or first is None:
+            return
+        layers_p, layers_a = panels[p]["layers"], panels[panel(m.group("sp"))]["layers"]
+        reader = readers[p]
+        early = early_phase(reader, t, first) if reader.metric == "hidden-norm" else None
+        _, _, peak = strongest(reader, t)
+        end = peak
+        while end + 1 < reader.n_layers and reader.raw[end + 1, t] >= 0.5 * reader.raw[peak, t]:
+            end += 1
+        phases = [(int(layers_p[first]), int(layers_p[end]))] + ([(int(layers_p[early[0]]), int(layers_p[early[1]]))] if early else [])
+        starts = [int(layers_a[a]) for a, _ in _runs(rows.tolist())]
+        follows = reader.metric == "hidden-norm" and all(any(a <= s - 1 <= b for a, b in phases) for s in starts)
+        sink_first, onset = starts[0], int(layers_p[first])
+        order = m.group("order")
+        if order.startswith((" each run", " the sink begins one layer")):
+            expect(follows, "the sink follows the norm")
+        elif follows:
+            problems.append("the sink follows the norm but the text does not say so")
+        elif " the sink begins before the jump" in order:
+            expect(sink_first < onset and int(m.group("before")) == sink_first, "sink before the jump")
+        elif " both begin" in order:
+            expect(int(m.group("same")) == onset == sink_first, "both begin")
+        else:
+            expect(sink_first > onset and int(m.group("after")) == sink_first, "sink after the jump")
+        e = re.search(rf"(?:its norm is already |\(at layers (?P<a2>\d+)(?:–(?P<b2>\d+))?, )(?P<lo>{NUM})–(?P<hi>{NUM})x the median(?: at layers (?P<a>\d+)(?:–(?P<b>\d+))?)?", order)
+        if e:
+            a, b = e.group("a") or e.group("a2"), e.group("b") or e.group("b2") or e.group("a") or e.group("a2")
+            expect(early is not None and (int(a), int(b)) == (int(layers_p[early[0]]), int(layers_p[early[1]])), "early phase")
+            ratio = reader.massive[t]["ratio"]
+            expect(close(e.group("lo"), min(ratio[early[0]:early[1] + 1])) and close(e.group("hi"), max(ratio[early[0]:early[1] + 1])), "early ratios")
+            if "then from layer" in order:
+                expect(int(re.search(r"then from layer (\d+)", order).group(1)) == onset, "onset")
+        else:
+            expect(early is None or " both begin" in order or " the sink begins after" in order, "the early phase is not said")
 
     def sink_only(m):
         t = token(m.group("tok"))
@@ -155,8 +192,13 @@ def check_joint(text: str, panels: list[dict]) -> int:
         for q, reader in enumerate(readers):
             if panels[q]["metric"] in NORMS and t in reader.massive:
                 first, last, peak = strongest(reader, t)
-                plateau = [x for x in range(first, last + 1) if reader.raw[x, t] >= 0.5 * reader.raw[peak, t]]
-                lo, hi = int(panels[q]["layers"][plateau[0]]), int(panels[q]["layers"][plateau[-1]])
+                col, half = reader.raw[:, t], 0.5 * reader.raw[peak, t]
+                a = b = peak
+                while a > 0 and col[a - 1] >= half:
+                    a -= 1
+                while b + 1 < len(col) and col[b + 1] >= half:
+                    b += 1
+                lo, hi = int(panels[q]["layers"][a]), int(panels[q]["layers"][b])
                 expected = [x for x in panels[p]["layers"] if lo < int(x) <= hi]
                 break
         else:
@@ -175,7 +217,9 @@ def check_joint(text: str, panels: list[dict]) -> int:
 
     patterns = [
         (rf"(?P<tok>{TOK}) is both an attention sink in \((?P<sp>[a-h])\), at (?P<runs>layers? [\d–, and]+?), and {massive};"
-         rf"(?P<order> the sink comes first\.| both begin at layer (?P<same>\d+)\.| the sink begins after it, at layer (?P<after>\d+)\.)", both),
+         rf"(?P<order> (?:each run of the sink|the sink) begins one layer into a rise of its norm(?: \(at layers [^)]*\))?, as attention at a layer reads the state the block below wrote\."
+         rf"|(?: its norm is already {NUM}–{NUM}x the median at layers? \d+(?:–\d+)?, and)? the sink begins before the jump, at layer (?P<before>\d+)\."
+         rf"| both begin at layer (?P<same>\d+)\.| the sink begins after it, at layer (?P<after>\d+)\.)", both),
         (rf"(?P<tok>{TOK}), an attention sink in \((?P<sp>[a-h])\) at (?P<runs>layers? [\d–, and]+?), is no massive activation in "
          rf"\((?P<np>[a-h])\), (?P<but>but|and) its [a-zA-Z -]+ there is (?P<lo>{NUM})–(?P<hi>{NUM})x the other tokens' median\.", sink_only),
         (rf"(?P<tok>{TOK}) has {massive} but is no attention sink: it takes at most (?P<share>{NUM}) of the attention in "

@@ -4,6 +4,7 @@ once, never highlighted, and every claim of the summary checked against the matr
 from __future__ import annotations
 
 import json
+import re
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -185,6 +186,23 @@ def test_layer_scaling_of_small_differences_is_said_not_read_as_standing_out():
     assert "at least 1.5x the layer's median; in layers 7–12 none is" in text
     assert [(t.index, t.sustained) for t in findings.runs] == [(9, (1, 6))]  # (w3 dominates: set aside)
     assert all(h["layer"] <= 6 for h in doc["highlights"])
+
+
+def test_a_massive_activations_earlier_phase_and_a_sinks_tails_are_said_or_left_out():
+    rng = np.random.default_rng(13)
+    v = rng.uniform(80, 120, (16, 12))
+    v[1:5, 0] = [700, 800, 900, 750]  # about 7-9x the median at layers 2-5
+    v[7:14, 0] = 15000.0  # then massive from layer 8
+    findings, text, doc = read(make(v, "hidden-norm"))
+    (p,) = findings.of("massive-activation")
+    assert p.data["early"][:2] == (2, 5)
+    assert re.search(r"`w0` holds \d\.\d–\d\.\dx the layer's median at layers 2–5, then jumps from 97 to 15,000 at layer 8", text)
+    a = attention(rng, 20, 30)
+    a[4:20, 0] = 0.6  # a sink from layer 5 ...
+    a[3, 0] = 0.2  # ... weakening below it: 0.2, about 7x the median, is its tail, not a highlight
+    findings, text, doc = read(make(a, "attention"))
+    assert (3, 0) in findings.of("attention-sink")[0].cells
+    assert all(h["index"] != 0 for h in doc["highlights"])
 
 
 @settings(max_examples=40, deadline=None)

@@ -113,7 +113,8 @@ def test_several_files_of_one_text_are_read_together(tmp_path):
     text = result.output
     assert text.startswith("`t0` is both an attention sink in (a), at layers 3–16, and a massive activation in (b), "
                            "from layer 6")
-    assert "the sink comes first" in text and "it barely changes there" in text and "(c) update." in text
+    assert "the sink begins before the jump, at layer 3." in text and "it barely changes there" in text
+    assert "(c) update." in text
     assert "Sun et al. 2024" in text and "its state is held" in text
     joint = text.split("\n---\n")[0]
     narrative = Renderer().narrative
