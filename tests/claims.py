@@ -113,6 +113,25 @@ def sink_tails(raw: np.ndarray, edge: list[int], sinks: dict) -> list[tuple[np.n
     return out
 
 
+def runs_where(flags) -> list[tuple[int, int]]:
+    """(first, last) of each run of true values."""
+    runs, start = [], None
+    for i, on in enumerate(list(flags) + [False]):
+        if on and start is None:
+            start = i
+        elif not on and start is not None:
+            runs.append((start, i - 1))
+            start = None
+    return runs
+
+
+def early_phase(ratio: list[float], first: int) -> tuple[int, int] | None:
+    """A massive activation's earlier phase: the last run of layers at 5x the median or more before its onset
+    `first` that does not reach it (one that does is its rise)."""
+    runs = [r for r in runs_where(x >= 5 for x in ratio[:first]) if r[1] < first - 1]
+    return runs[-1] if runs else None
+
+
 def massive_cells(raw: np.ndarray, single_layer: bool) -> dict[int, dict]:
     """token -> its longest-lasting facts: rows at >= 10x the layer's median in runs long enough, and the rows
     at >= 5x (its decay), which the summary leaves out."""
@@ -124,15 +143,7 @@ def massive_cells(raw: np.ndarray, single_layer: bool) -> dict[int, dict]:
     need = 1 if single_layer else max(3, math.ceil(n_layers / 10))
     for t in range(n):
         ratio = [raw[r, t] / median[r] if median[r] > 0 and not math.isnan(raw[r, t]) else 0.0 for r in range(n_layers)]
-        runs, start = [], None
-        for r in range(n_layers + 1):
-            on = r < n_layers and ratio[r] >= 10
-            if on and start is None:
-                start = r
-            elif not on and start is not None:
-                if r - start >= need:
-                    runs.append((start, r - 1))
-                start = None
+        runs = [r for r in runs_where(x >= 10 for x in ratio) if r[1] - r[0] + 1 >= need]
         if runs:
             rows = np.array([r for r in range(n_layers) if ratio[r] >= 5])
             out[t] = {"runs": runs, "ratio": ratio, "aside": (rows, np.full(len(rows), t))}
@@ -748,19 +759,10 @@ class Reader:
             if m.group("lv"):
                 self.expect(close(m.group("lv"), self.raw[-1, t]) and self.row(m.group("ll")) == self.n_layers - 1, "last value")
             # an earlier phase: the last run of layers at 5x or more before the onset, apart from it
-            runs_at_half, start = [], None
-            for r in range(first + 1):
-                on = r < first and ratio[r] >= 5
-                if on and start is None:
-                    start = r
-                elif not on and start is not None:
-                    runs_at_half.append([start, r - 1])
-                    start = None
-            runs_at_half = [x for x in runs_at_half if x[1] < first - 1]  # one that ends at the onset is its rise
-            early = runs_at_half[-1] if runs_at_half and self.metric == "hidden-norm" else None
+            early = early_phase(ratio, first) if self.metric == "hidden-norm" else None
             if named.get("ea"):
                 a, b = self.rows(m.group("ea"), m.group("eb"))
-                self.expect(early == [a, b], f"early phase {early}")
+                self.expect(early == (a, b), f"early phase {early}")
                 self.expect(close(m.group("elo"), min(ratio[a:b + 1])) and close(m.group("ehi"), max(ratio[a:b + 1])), "early ratios")
             else:
                 self.expect(early is None, "an early phase is not said")

@@ -10,19 +10,17 @@ import re
 
 import numpy as np
 
-from claims import CODE_PARTS, NUM, TOK, Reader, check_summary, close, quiet
+from claims import CODE_PARTS, NUM, TOK, Reader, check_summary, close, early_phase, quiet, runs_where
 
 NORMS = ("hidden-norm", "attn-norm", "mlp-norm")
 
 
 def _runs(rows) -> list[tuple[int, int]]:
-    out = []
-    for r in sorted(rows):
-        if out and r == out[-1][1] + 1:
-            out[-1] = (out[-1][0], r)
-        else:
-            out.append((r, r))
-    return out
+    """Runs of consecutive integers among `rows`."""
+    rows = sorted(int(r) for r in rows)
+    if not rows:
+        return []
+    return [(a + rows[0], b + rows[0]) for a, b in runs_where(r in set(rows) for r in range(rows[0], rows[-1] + 1))]
 
 
 def check_joint(text: str, panels: list[dict]) -> int:
@@ -102,20 +100,6 @@ def check_joint(text: str, panels: list[dict]) -> int:
                 return m.group(name)
         return G()
 
-    def early_phase(reader: Reader, t: int, first: int):
-        """The last run of layers at 5x the median or more before the onset, apart from it (claims.py's rule)."""
-        ratio = reader.massive[t]["ratio"]
-        runs, start = [], None
-        for r in range(first + 1):
-            on = r < first and ratio[r] >= 5
-            if on and start is None:
-                start = r
-            elif not on and start is not None:
-                runs.append((start, r - 1))
-                start = None
-        runs = [x for x in runs if x[1] < first - 1]
-        return runs[-1] if runs else None
-
     def both(m):
         g = normal(m)
         t = token(m.group("tok"))
@@ -126,7 +110,7 @@ def check_joint(text: str, panels: list[dict]) -> int:
             return
         layers_p, layers_a = panels[p]["layers"], panels[panel(m.group("sp"))]["layers"]
         reader = readers[p]
-        early = early_phase(reader, t, first) if reader.metric == "hidden-norm" else None
+        early = early_phase(reader.massive[t]["ratio"], first) if reader.metric == "hidden-norm" else None
         _, _, peak = strongest(reader, t)
         end = peak
         while end + 1 < reader.n_layers and reader.raw[end + 1, t] >= 0.5 * reader.raw[peak, t]:

@@ -148,3 +148,18 @@ def test_one_configuration_serves_every_builder_and_ships_bokehjs_once(llama_mod
     html = (root / "site" / "index.html").read_text()
     assert html.count("bokeh.min.js") == 1 and html.count('class="layerheat-item"') == 2
     assert "assets/layerheat/data/" in html  # the plugin's data downloads
+
+
+def test_zensical_reads_the_extension_from_zensical_toml(llama_model, tmp_path):
+    root = site(tmp_path, llama_model.path, "zensical")
+    (root / "mkdocs.yml").unlink()
+    (root / "zensical.toml").write_text(
+        '[project]\nsite_name = "t"\n'
+        'extra_javascript = ["assets/layerheat/bokeh.min.js", "assets/layerheat/layerheat.js"]\n'
+        'extra_css = ["assets/layerheat/layerheat.css"]\n\n'
+        '[project.markdown_extensions.admonition]\n\n[project.markdown_extensions."pymdownx.superfences"]\n\n'
+        f'[project.markdown_extensions.layerheat]\nmodels = {{ tiny = "{llama_model.path}" }}\n')
+    result = build(root, "zensical")
+    assert result.returncode == 0, result.stderr
+    assert "layerheat: docs/index.md:23: unknown metric 'atention'" in result.stderr
+    assert (root / "site" / "index.html").read_text().count('class="layerheat-item"') == 2
