@@ -86,6 +86,8 @@ class TokenFinding:
     sustained_mean: float | None = None  # the token's mean over that run
     sustained_median: float | None = None  # the mean of the layers' medians over that run
     set_aside: bool = False  # a dominant token, analysed apart
+    peak_raw: float | None = None  # lens metrics with raw values: the probability at the peak, and the layer's
+    peak_raw_median: float | None = None  # raw median over the analysed tokens (a figure scaled by layer hides it)
 
     run_rows: tuple[int, int] = (0, -1)  # row indices of the sustained run
 
@@ -507,6 +509,9 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
             r = int(peak_rows[t])
             finding.peak_layer, finding.peak_value = layers[r], float(v[r, t])
             finding.peak_median = float(layer_medians[r])
+            if heatmap.metric in LENSES and raw_known:
+                finding.peak_raw = float(raw[r, t])
+                finding.peak_raw_median = float(_quiet(np.nanmedian, np.where(np.isnan(v[r]), np.nan, raw[r])[kept]))
             finding.peak_contrast, finding.stands_out = float(peak_contrast[t]), bool(peak_stands[t])
         if run_len[t] >= min_run:
             first, last = int(run_end[t] - run_len[t] + 1), int(run_end[t])

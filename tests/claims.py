@@ -491,7 +491,8 @@ class Reader:
                 for t in self.token(ref):
                     self.expect(bool(self.stands[self.row(layer), t]) and self.row(layer) in rows, f"{ref} does not stand out at layer {layer}")
             stated = int(m.group(7)) if m.group(7) else len(named)
-            self.expect(outliers == stated, f"band {name}: {outliers} cells stand out, the text says {stated}")
+            self.expect(outliers == stated or self.metric == "logit-lens-rank" and not stated,
+                        f"band {name}: {outliers} cells stand out, the text says {stated}")
         eat(SPANS + rf" (?:is|are) uniformly (high|low|medium): 80% of (?:its|their) cells lie (?:between ({NUM}) and|at)() ({NUM}) \(mean ({NUM})\)(?:, apart from (?:(\d+) cells where a token stands out|(?P<cells>(?:{TOK} at layers? (?:\d+(?:, | and ))*\d+(?:, | and )?)+), where (?:a token stands|tokens stand) out))?", uniform)
 
         def sparse(m):
@@ -562,8 +563,17 @@ class Reader:
 
         def shown(m):
             named = []
-            for p in re.finditer(rf"({TOK}) at layer (\d+) \(({NUM}) against (?:a median of )?({NUM})\)", m.group("items")):
-                named.append(self.check_peak(p.group(1), p.group(2), p.group(3), p.group(4)))
+            for p in re.finditer(rf"({TOK}) at layer (\d+) \((p = )?({NUM}) against (?:a median of )?({NUM})\)", m.group("items")):
+                if not p.group(3):
+                    named.append(self.check_peak(p.group(1), p.group(2), p.group(4), p.group(5)))
+                    continue
+                (t,) = self.token(p.group(1))[:1] or [0]  # a lens cell by its probability, and the layer's median
+                r = self.row(p.group(2))
+                median = np.median(self.raw[r][self.valid[r] & self.kept])
+                self.expect(self.metric in LENSES and close(p.group(4), self.raw[r, t]) and close(p.group(5), median),
+                            f"{p.group(1)}: probability at layer {p.group(2)}")
+                self.check_peak_at(p.group(1), p.group(2))
+                named.append(t)
             described = set(listed_runs) | (set(settle) - {t for t, r in settle.items() if r is None} | set(drops)
                                             if self.metric in LENSES else set())
             self.expect(self.metric != "logit-lens-rank", "a rank figure names no highlight")

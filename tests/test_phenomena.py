@@ -157,6 +157,7 @@ def test_lens_highlights_are_probabilities_and_a_rank_figure_has_none():
     v[6, 8] = 0.4  # a real one, that does not settle
     findings, text, doc = read(make(v, "logit-lens"), "layer")
     assert [h["index"] for h in doc["highlights"]] == [8]
+    assert "`w8` → `w9` at layer 7 (p = 0.40 against a median of " in text  # the probability, not the scaled 1.0
     ranks = rng.integers(2, 40000, (10, 12)).astype(float)
     findings, text, doc = read(make(ranks, "logit-lens-rank"), "none")
     assert doc["highlights"] == [] and "stand out most" not in text
