@@ -8,9 +8,7 @@ from pathlib import Path
 import click
 
 from .heatmap import NORMALIZATIONS
-from .metrics import AGGREGATES, METRICS
-from .models import DTYPES
-from .spec import COLOR_RANGES
+from .catalog import AGGREGATES, COLOR_RANGES, DEFAULT_MAX_TOKENS, DTYPES, METRICS
 
 
 @click.group()
@@ -36,7 +34,7 @@ def main() -> None:
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
 @click.option("--device-map", type=click.Choice(["auto"]), help="auto: spread the model over several devices.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's repository to run its own code.")
-@click.option("--max-tokens", type=int, default=4096, show_default=True)
+@click.option("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON here (default: stdout).")
 def extract(
     model, text, text_file, metric, normalize, query, target, heads, aggregate, layers, embeddings, chat, generate,

@@ -18,16 +18,8 @@ from typing import Any
 import numpy as np
 
 from .heatmap import Heatmap
-from .metrics import (
-    METRICS,
-    AttentionStats,
-    MetricError,
-    MetricRequest,
-    combine_heads,
-    hidden_norm,
-    sublayer_updates,
-    update,
-)
+from .catalog import DEFAULT_MAX_TOKENS, METRICS, MetricRequest
+from .reducers import AttentionStats, MetricError, combine_heads, hidden_norm, sublayer_updates, update
 from .models import ATTENTION_OBSERVERS, LoadedModel, ModelError, first_line
 
 LENS_CHUNK_BYTES = 32 << 20  # logits of one chunk of tokens, [chunk, vocab] float32
@@ -46,7 +38,7 @@ class TextInput:
     text: str
     chat: bool = False  # wrap as one user message with the tokenizer's chat template
     generate: int = 0  # append a greedy continuation of up to this many tokens
-    max_tokens: int = 4096  # a guard on the final length
+    max_tokens: int = DEFAULT_MAX_TOKENS  # a guard on the final length
 
 
 @dataclass
@@ -230,7 +222,7 @@ def extract(
     loaded: LoadedModel,
     text: str,
     metrics: list[Any],
-    max_tokens: int = 4096,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
     *,
     chat: bool = False,
     generate: int = 0,

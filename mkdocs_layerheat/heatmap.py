@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import NORMALIZATIONS  # noqa: F401  (re-exported)
+from .catalog import NORMALIZATIONS  # noqa: F401  (re-exported)
 TOKEN_KINDS = ("text", "special", "template", "generated")
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .catalog import DTYPES
+
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
@@ -136,7 +138,6 @@ def _hub_commit(ref: ModelRef) -> str:
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION_CHUNK_BYTES = 64 << 20  # at most this much attention weights at once, [batch, heads, chunk, keys] float32
 ATTENTION_QUERY_CHUNK = 128  # and at most this many queries per chunk
 ATTENTION_OBSERVERS: dict[int, Any] = {}  # id(attention module) -> what receives its weights, chunk by chunk

@@ -19,7 +19,7 @@ from .analysis import MAX_RUNS, Findings
 from .compare import IDENTICAL, Difference
 from .joint import Link, links
 from .heatmap import Heatmap
-from .metrics import METRICS
+from .catalog import METRICS
 from .phenomena import LENSES, SOURCES, Phenomenon
 
 NAMES = {"attention-sink": "Attention sinks", "massive-activation": "Massive activations",

@@ -15,6 +15,7 @@ from mkdocs.structure.files import File, Files
 from mkdocs.utils import get_relative_url
 
 from . import plan
+from .catalog import DTYPES
 from .directives import Block, find_blocks, replace_blocks
 from .figures import Figures, settings
 from .render import Renderer, assets
@@ -32,7 +33,7 @@ class LayerheatConfig(base.Config):
     """Where computed heatmaps are kept, relative to mkdocs.yml."""
     device = c.Type(str, default="cpu")
     """Torch device for extraction (`auto`, `cpu`, `cuda`, `cuda:1`, `mps`)."""
-    dtype = c.Choice(("auto", "float32", "bfloat16", "float16"), default="float32")
+    dtype = c.Choice(DTYPES, default="float32")
     """Weights and activations: `float32` (exact, the same numbers everywhere), `bfloat16`/`float16`, or `auto`."""
     device_map = c.Optional(c.Choice(("auto",)))
     """`auto`: spread a model larger than one device over all of them (accelerate)."""

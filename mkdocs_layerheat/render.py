@@ -16,7 +16,7 @@ from importlib.metadata import version
 
 from .cache import source_hash
 from .labels import bytes_text, fragment_notes
-from .metrics import METRICS
+from .catalog import METRICS
 
 if TYPE_CHECKING:  # numpy is imported only when a figure is drawn: a warm build never needs it
     import numpy as np

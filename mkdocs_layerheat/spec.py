@@ -11,9 +11,8 @@ from typing import Any
 
 import yaml
 
-from .metrics import AGGREGATES, METRICS, NORMALIZATIONS, MetricRequest
+from .catalog import AGGREGATES, COLOR_RANGES, DEFAULT_MAX_TOKENS, METRICS, NORMALIZATIONS, PALETTES, MetricRequest
 
-DEFAULT_MAX_TOKENS = 4096
 
 
 class SpecError(Exception):
@@ -78,9 +77,6 @@ _KEYS = (
     "query", "target", "heads", "aggregate", "layers", "embeddings", "chat", "generate", "compare",
 )
 _COMPARE_KEYS = ("model", "text", "text_file")  # what the second heatmap of a `compare:` block may change
-# light yellow to dark brown; two colour-blind-safe sequential maps; blue-white-red for signed values
-PALETTES = ("yellow-brown", "cividis", "viridis", "diverging")
-COLOR_RANGES = ("full", "robust")
 _SITE_KEYS = ("device", "dtype", "device_map", "trust_remote_code")  # mkdocs.yml only, never a page
 
 

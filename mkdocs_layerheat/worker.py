@@ -331,7 +331,7 @@ def serve(cache_dir: Path, idle: float) -> None:
     key = _key(directory, create=False)
     if key is None:
         return
-    from . import extract, metrics, models, plan  # noqa: F401  the code that `token()` describes, loaded now
+    from . import catalog, extract, models, plan, reducers  # noqa: F401  the code that `token()` describes, loaded now
 
     me = token()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -446,7 +446,7 @@ def test_observations_are_ranked_sentences():
 @pytest.fixture(scope="module")
 def demo_heatmaps(demo_model):
     from mkdocs_layerheat.extract import extract
-    from mkdocs_layerheat.metrics import METRICS
+    from mkdocs_layerheat.catalog import METRICS
 
     text = "A and B = 8 + 5 = 13. The correct choice is (D) 13. The final answer is \\boxed{(D)}"
     # the text inside the chat template, with a few generated tokens: every kind of token

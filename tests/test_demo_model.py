@@ -24,7 +24,7 @@ from test_metrics import (
 from transformers import AutoModelForCausalLM
 
 from mkdocs_layerheat.extract import extract
-from mkdocs_layerheat.metrics import METRICS, MetricRequest
+from mkdocs_layerheat.catalog import METRICS, MetricRequest
 
 TEXT = "A and B = 8 + 5 = 13. The final answer is \\boxed{(D)}"
 

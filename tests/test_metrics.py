@@ -23,7 +23,7 @@ from mkdocs_layerheat.extract import (
     extract_many,
     extract_specs,
 )
-from mkdocs_layerheat.metrics import METRICS, MetricRequest
+from mkdocs_layerheat.catalog import METRICS, MetricRequest
 
 RTOL = 1e-4
 

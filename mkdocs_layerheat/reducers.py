@@ -1,150 +1,19 @@
-"""One definition per metric: what it measures, where it is taken, which options apply, how a layer reduces.
+"""The torch side of the metrics: how one layer's hidden states or attention weights reduce to a row of the
+heatmap (the metrics themselves are defined in `catalog.py`).
 
-Importable without torch: tensors only appear inside the reducers, which run during extraction.
-Every reducer works on a batch: hidden states are `[batch, tokens, dim]`, attention weights
-`[batch, heads, queries, keys]`, and `valid` (`[batch, tokens]`, bool) says which positions
-are real tokens rather than padding.
+Tensors only appear inside the reducers, which run during extraction. Every reducer works on a batch: hidden
+states are `[batch, tokens, dim]`, attention weights `[batch, heads, queries, keys]`, and `valid`
+(`[batch, tokens]`, bool) says which positions are real tokens rather than padding.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
-
-
-NORMALIZATIONS = ("none", "global", "layer", "token")
 
 
 class MetricError(Exception):
     """The model cannot provide what the metric needs."""
-
-
-@dataclass(frozen=True)
-class Metric:
-    name: str
-    label: str  # short, for the colour bar and tooltips
-    definition: str  # one sentence, shown in summaries and docs
-    site: str  # "attention" (attention weights), "block" (block input/output), "sublayer" or "lens"
-    options: frozenset[str] = frozenset()  # metric-specific spec keys that apply (query, target, heads, aggregate)
-    embeddings: bool = False  # whether layer 0 (the embedding output) is defined
-
-
-ATTENTION_OPTIONS = frozenset({"heads", "aggregate"})
-AGGREGATES = ("mean", "max")
-
-METRICS: dict[str, Metric] = {
-    m.name: m
-    for m in (
-        Metric(
-            name="attention",
-            label="attention received",
-            definition=(
-                "attention received: for each token, the attention paid to it by the queries that can see it, "
-                "averaged over those queries and over heads"
-            ),
-            site="attention",
-            options=ATTENTION_OPTIONS,
-        ),
-        Metric(
-            name="attention-from",
-            label="attention from the query",
-            definition=(
-                "attention from one query: the attention that the query token pays to each token, averaged over heads "
-                "(tokens the query cannot see are empty)"
-            ),
-            site="attention",
-            options=ATTENTION_OPTIONS | {"query"},
-        ),
-        Metric(
-            name="attention-entropy",
-            label="attention entropy (nats)",
-            definition=(
-                "attention entropy: the entropy, in nats, of the token's own attention distribution as a query, "
-                "averaged over heads (low: the token looks at few tokens; high: it spreads its attention)"
-            ),
-            site="attention",
-            options=ATTENTION_OPTIONS,
-        ),
-        Metric(
-            name="hidden-norm",
-            label="hidden-state norm",
-            definition="hidden-state norm: the L2 norm of the token's residual-stream vector at the output of each block",
-            site="block",
-            embeddings=True,
-        ),
-        Metric(
-            name="update",
-            label="update",
-            definition=(
-                "update: 1 − cosine(h[l−1], h[l]) between the token's hidden state before and after block l, "
-                "i.e. how much the block turns the token's representation"
-            ),
-            site="block",
-        ),
-        Metric(
-            name="attn-norm",
-            label="attention update norm",
-            definition=(
-                "attention-sublayer norm: the L2 norm of what the attention sublayer of block l adds to the token's "
-                "residual stream"
-            ),
-            site="sublayer",
-        ),
-        Metric(
-            name="mlp-norm",
-            label="MLP update norm",
-            definition="MLP-sublayer norm: the L2 norm of what the MLP sublayer of block l adds to the token's residual stream",
-            site="sublayer",
-        ),
-        Metric(
-            name="logit-lens",
-            label="logit-lens probability",
-            definition=(
-                "logit lens: the probability that the model's final norm and unembedding, applied to the hidden state "
-                "after block l, give to the token that comes next (or to the chosen target token)"
-            ),
-            site="lens",
-            options=frozenset({"target"}),
-            embeddings=True,
-        ),
-        Metric(
-            name="logit-lens-rank",
-            label="logit-lens rank",
-            definition=(
-                "logit-lens rank: the rank (1 = top) of the next token (or of the chosen target token) among all tokens "
-                "under the lens of layer l: the model's final norm and unembedding applied to the hidden state"
-            ),
-            site="lens",
-            options=frozenset({"target"}),
-            embeddings=True,
-        ),
-    )
-}
-
-
-@dataclass(frozen=True)
-class MetricRequest:
-    """One metric with its options: everything that determines a heatmap's rows, given a token sequence."""
-
-    metric: str
-    query: int | None = None  # attention-from: the query position (negative: from the end); None: the last token
-    target: str | None = None  # lens metrics: a single-token string instead of the next token
-    heads: tuple[int, ...] | None = None  # attention metrics: 0-based head indices; None: all heads
-    aggregate: str = "mean"  # attention metrics: how heads combine
-    layers: tuple[int, ...] | None = None  # 1-based block numbers, ascending; None: all blocks
-    embeddings: bool = False  # add layer 0 (the embedding output) where the metric defines it
-
-    def key_options(self) -> dict[str, Any]:
-        """The options that differ from their defaults (the metric name excluded), as plain JSON values."""
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name != "metric" and value != f.default:
-                out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
-
-
-# --------------------------------------------------------------------------- reducers (torch, lazily)
 
 
 @dataclass
