@@ -65,7 +65,6 @@ class Band:
     outliers: int = 0  # cells where a token stands out (a uniform band says "apart from" them)
     outlier_cells: list[tuple[int, int]] = field(default_factory=list)  # (token, layer) of the first few
     high_tokens: list[int] = field(default_factory=list)  # differentiating: tokens whose mean over the band is high
-    peaks: list[int] = field(default_factory=list)  # highlighted tokens peaking in this band, strongest first
     spans: list[tuple[int, int]] = field(default_factory=list)  # its runs of layers (one, but for a group)
 
     @property
@@ -563,8 +562,6 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
 
     highlights = sorted((f for f in tokens if f.stands_out and not f.set_aside),
                         key=lambda f: (-f.peak_contrast, f.index))
-    for b in bands:
-        b.peaks = [f.index for f in highlights if b.first_layer <= f.peak_layer <= b.last_layer]
 
     means_order = np.argsort(-np.nan_to_num(layer_means, nan=-np.inf), kind="stable")
     findings = Findings(

@@ -131,12 +131,11 @@ class LayerheatPreprocessor(Preprocessor):
                 "strict": bool(self.options["strict"]) or os.environ.get("LAYERHEAT_STRICT", "") not in ("", "0")}
         _STAGES[key] = stage, site
         if zensical is not None and docs.is_dir():
-            pages = sorted(docs.rglob("*.md"))
-            stage.plan(p.read_text(encoding="utf-8", errors="replace") for p in pages)
+            pages = {os.path.relpath(p, base): p.read_text(encoding="utf-8", errors="replace")
+                     for p in sorted(docs.rglob("*.md"))}
+            stage.plan(pages.values())
             if site["strict"]:  # try every block of the site now: the build fails below, on the first page
-                for path in pages:
-                    markdown = path.read_text(encoding="utf-8", errors="replace")
-                    name = os.path.relpath(path, base)
+                for name, markdown in pages.items():
                     for n, block in enumerate(find_blocks(markdown), start=1):
                         stage.html(block, name, n)
             _check_assets(docs, stage.log)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .analysis import Findings
 from .heatmap import Heatmap
-from .phenomena import NORMS
+from .phenomena import NORMS, true_runs
 
 QUIET, BUSY = 0.5, 2.0  # a token's update against the other tokens' median: barely changes / changes more
 RAISED = 3.0  # a sink's norm at least this many times the other tokens' median: raised, if not massive
@@ -117,10 +117,7 @@ def _update(heatmap: Heatmap, panel: int, t: int, massive, sink) -> list[Link]:
         mine = float(np.nanmedian(raw[:, t]))
         others = float(np.nanmedian(np.nanmedian(np.delete(raw, t, axis=1), axis=0)))
     level = "quiet" if mine < QUIET * others else "busy" if mine > BUSY * others else "like"
-    runs = []
-    for x in (int(v) for v in layers):
-        if runs and x == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], x)
-        else:
-            runs.append((x, x))
+    chosen = np.zeros(len(heatmap.layers), dtype=bool)
+    chosen[rows] = True
+    runs = [(int(heatmap.layers[a]), int(heatmap.layers[b])) for a, b in true_runs(chosen)]
     return [Link("update", t, (panel,), {"runs": runs, "median": mine, "others": others, "level": level})]

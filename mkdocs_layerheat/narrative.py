@@ -123,6 +123,11 @@ def code(text: Any) -> str:
     return f"{fence}{pad}{s}{pad}{fence}"
 
 
+def token_name(f: Findings, index: int) -> str:
+    """A token as the text names it: its label, with its position when the label occurs twice."""
+    return code(f.labels[index]) + (f" (position {index})" if f.repeated(index) else "")
+
+
 def join(items: list[str], last: str = "and") -> str:
     items = list(items)
     if len(items) <= 2:
@@ -249,9 +254,9 @@ class Narrative:
             1.0 if shared and normalize != "none" else f.high - f.low)
 
         def tok(index: int) -> str:
-            """A token as the text names it: its label, with its position when the label occurs twice; under a
-            lens metric, followed by the token its cells are about ("`is` → `Paris`")."""
-            name = code(f.labels[index]) + (f" (position {index})" if f.repeated(index) else "")
+            """A token as the text names it (`token_name`); under a lens metric, followed by the token its cells
+            are about ("`is` → `Paris`")."""
+            name = token_name(f, index)
             if lens_metric and f.predicts and f.predicts[index] is not None:
                 name += f" → {code(f.predicts[index])}"
             return name
@@ -345,7 +350,7 @@ class Narrative:
         first, f0 = panels[0]
 
         def tok(index: int) -> str:
-            return code(f0.labels[index]) + (f" (position {index})" if f0.repeated(index) else "")
+            return token_name(f0, index)
 
         rows = []
         for letter, (heatmap, f) in zip(LETTERS, panels):

@@ -156,15 +156,16 @@ def _panels(data: dict, lines: dict[str, int], docs_dir: str | Path | None) -> H
         raise SpecError(f"'metric' must be one metric name or a list of 2 to {MAX_PANELS} of them", line)
     if len(set(metrics)) < len(metrics):
         raise SpecError("'metric' lists the same metric twice", line)
+    def applies(key: str, metric: str) -> bool:
+        info = METRICS.get(metric)
+        return info is None or key in info.options or (key == "embeddings" and info.embeddings)
+
     for key in _PANEL_OPTIONS:
-        if key in data and not any(key in METRICS[m].options or (key == "embeddings" and METRICS[m].embeddings)
-                                   for m in metrics if m in METRICS):
+        if key in data and not any(applies(key, m) for m in metrics if m in METRICS):
             raise SpecError(f"'{key}' applies to none of the metrics {', '.join(metrics)}", lines.get(key))
     specs = []
     for metric in metrics:
-        info = METRICS.get(metric)
-        keep = {k: v for k, v in data.items() if k not in _PANEL_OPTIONS or info is None
-                or k in info.options or (k == "embeddings" and info.embeddings)}
+        keep = {k: v for k, v in data.items() if k not in _PANEL_OPTIONS or applies(k, metric)}
         specs.append(_from_data({**keep, "metric": metric}, lines, docs_dir))
     return dataclasses.replace(specs[0], panels=tuple(specs[1:]))
 
