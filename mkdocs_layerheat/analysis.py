@@ -617,7 +617,8 @@ def _shown(f: Findings, raw: np.ndarray | None) -> tuple[list[TokenFinding], int
     """The highlights the summary names, the strongest first, and how many others it counts: the tokens that
     a listed run or (lens metrics) a settling prediction or a late drop already describes are neither. Under
     the logit lens a highlight is a probability of at least LENS_FLOOR (a scaled 0.42 that is a probability
-    of 0.02 stands out of nothing); a rank figure has none (its scale runs from the best rank to the worst)."""
+    of 0.02 stands out of nothing); a rank figure has none (its scale runs from the best rank to the worst).
+    One fewer is named next to listed runs."""
     if f.metric == "logit-lens-rank":
         return [], 0
     if f.metric in LENSES:  # (the summary of a lens lists no runs)
@@ -626,7 +627,7 @@ def _shown(f: Findings, raw: np.ndarray | None) -> tuple[list[TokenFinding], int
         described = {t.index for t in f.runs[:MAX_RUNS]}
     rest = [h for h in f.highlights if h.index not in described and (
         f.metric != "logit-lens" or raw is None or raw[f.layers.index(h.peak_layer), h.index] >= LENS_FLOOR)]
-    n = MAX_HIGHLIGHTS + (2 if f.n_tokens > 100 else 0)
+    n = MAX_HIGHLIGHTS - (1 if described and f.metric not in LENSES else 0) + (2 if f.n_tokens > 100 else 0)
     return rest[:n], len(rest[n:])
 
 

@@ -185,14 +185,13 @@ def _interpretation(f: Findings, tok) -> list[str]:
         first = [p for p in sinks if p.tokens[0] == 0]
         others = [p for p in sinks if p.tokens[0] != 0]
         if first:
-            out.append("A first-token sink is where causal models typically park attention that no other token "
-                       "needs (Xiao et al. 2023); such tokens also carry massive activations (Sun et al. 2024), which "
-                       "a `hidden-norm` figure of the same text would show.")
+            out.append("A first-token sink is where causal models typically park attention that no query needs "
+                       "(Xiao et al. 2023), and such tokens carry massive activations (Sun et al. 2024; see a "
+                       "`hidden-norm` figure of the same text).")
         if others:
             out.append(f"{join([tok(p.tokens[0]) for p in others])} "
-                       f"{'is a sink' if len(others) == 1 else 'are sinks'} away from the first position, consistent "
-                       f"with Gu et al. 2024: sinks also form on tokens that carry little meaning, often whitespace "
-                       f"or delimiters.")
+                       f"{'is a sink' if len(others) == 1 else 'are sinks'} away from the first position, as Gu et al. "
+                       f"2024 find on tokens that carry little meaning, often whitespace or delimiters.")
     massive = f.of("massive-activation")
     if massive:
         names = join([tok(p.tokens[0]) for p in massive[:3]])
@@ -241,6 +240,7 @@ class Narrative:
                                keep_trailing_newline=True, undefined=StrictUndefined)
         self.env.filters.update(num=scaled, raw=number, pct=percent, code=code, signed=signed, times=times, span=span)
         self.env.globals.update(join=join, layers=layers, spans=spans, cells=cells)
+        self.env.tests["single"] = lambda items: len(items) == 1
 
     def context(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool = True,
                 shared: bool = False) -> dict:
@@ -275,6 +275,11 @@ class Narrative:
             if len(indices) == 1 or len({f.labels[i] for i in indices}) > 1:
                 return toks(indices)
             return f"{code(f.labels[indices[0]])} (positions {join([str(i) for i in indices])})"
+
+        def named_below(band) -> bool:
+            """Whether a cell that stands out in `band` is also a highlight named below (the band counts it)."""
+            shown = {(t.index, t.peak_layer) for t in f.shown}
+            return any(tuple(c) in shown for c in band.outlier_cells)
 
         observations = f.observations
         # a second lead sentence only for a phenomenon or an anomaly (the bands and peaks have their sections)
@@ -315,6 +320,7 @@ class Narrative:
             "toks": toks,
             "some": some,
             "group": group,
+            "named_below": named_below,
             "all_nan": bool(np.isnan(f.low)) if isinstance(f.low, float) else False,
             "decimals": None,  # 2 significant figures (compare summaries resolve their differences instead)
         }

@@ -180,9 +180,9 @@ class Reader:
         self.aside = aside & ~np.isnan(self.figure)
         self.v = self.figure.copy()
         self.v[self.aside] = np.nan
-        self.rescaled = "scaled to 0–1 again without them" in text
+        self.rescaled = re.search(r"and rescales each (layer|token) without them", text)
         if self.rescaled:
-            mode = 1 if "Each layer (row) is scaled" in text else 0
+            mode = 1 if self.rescaled.group(1) == "layer" else 0
             r = self.raw.copy()
             r[self.aside] = np.nan
             lo, hi = quiet(np.nanmin, r, axis=mode, keepdims=True), quiet(np.nanmax, r, axis=mode, keepdims=True)
@@ -201,7 +201,7 @@ class Reader:
         c = np.nan_to_num(self.contrast, nan=-np.inf)
         self.stands = (c >= STANDS_OUT - 1e-9) & (np.nan_to_num(self.u, nan=-np.inf) >= LOW - 1e-9)
         self.flat = np.zeros(self.n_layers, dtype=bool)
-        if "Each layer (row) is scaled" in text and "has the same value" not in text:  # raw 1.5x the median too
+        if "Each row is scaled" in text and "has the same value" not in text:  # raw 1.5x the median too
             cells = np.where(self.valid, self.raw, np.nan)
             median = quiet(np.nanmedian, cells[:, self.kept], axis=1)
             differs = np.nan_to_num(cells, nan=-np.inf) >= 1.5 * np.nan_to_num(median, nan=np.inf)[:, None] - 1e-12
@@ -467,10 +467,9 @@ class Reader:
         def flat(m):
             stated = set(int(r) for a, b in self.spans(m.group(1)) for r in range(a, b + 1))
             self.expect(stated == set(np.flatnonzero(self.flat).tolist()), "flat layers")
-        eat(r"A token is said to stand out only where its raw value is also at least 1\.5x the layer's median; in "
-            + SPANS.replace("(?:Layers?|layers?)", "(?:layers?)") + " none is", flat)
+        eat(SPANS + r" no token reaches 1\.5x the layer's median, the least a token needs to stand out", flat)
         if self.flat.any():
-            self.expect("1.5x the layer's median; in " in text, "flat layers not said")
+            self.expect("no token reaches 1.5x the layer's median" in text, "flat layers not said")
 
         def uniform(m):
             spans = self.spans(m.group(1))
@@ -493,7 +492,7 @@ class Reader:
             stated = int(m.group(7)) if m.group(7) else len(named)
             self.expect(outliers == stated or self.metric == "logit-lens-rank" and not stated,
                         f"band {name}: {outliers} cells stand out, the text says {stated}")
-        eat(SPANS + rf" (?:is|are) uniformly (high|low|medium): 80% of (?:its|their) cells lie (?:between ({NUM}) and|at)() ({NUM}) \(mean ({NUM})\)(?:, apart from (?:(\d+) cells where a token stands out|(?P<cells>(?:{TOK} at layers? (?:\d+(?:, | and ))*\d+(?:, | and )?)+), where (?:a token stands|tokens stand) out))?", uniform)
+        eat(SPANS + rf" (?:is|are) uniformly (high|low|medium): 80% of (?:its|their) cells lie (?:between ({NUM}) and|at)() ({NUM}) \(mean ({NUM})\)(?:, apart from (?:(\d+) cells? where a token stands out|(?P<cells>(?:{TOK} at layers? (?:\d+(?:, | and ))*\d+(?:, | and )?)+), where (?:a token stands|tokens stand) out))?", uniform)
 
         def sparse(m):
             spans = self.spans(m.group(1))
@@ -508,8 +507,7 @@ class Reader:
                 self.expect(np.mean(u <= LOW + 1e-12) >= 0.5, f"band {a}-{b} called sparse but only a minority of its cells are low")
                 spikes = self.stands[a:b + 1][:, self.kept].mean()
                 self.expect(0 < spikes <= 0.25, f"band {a}-{b} called sparse with {spikes:.0%} of cells standing out")
-            self.expect(close(m.group(4), cells_v.mean()), f"band {name}: mean")
-        eat(r"In " + SPANS + rf" most (?:tokens get little attention|cells are low) \((\d+)% of the cells below ({NUM})\) and a few stand out \(mean ({NUM})\)", sparse)
+        eat(r"In " + SPANS + rf" most (?:tokens get little attention|cells are low) \((\d+)% of the cells below ({NUM})\) and a few stand out\.", sparse)
 
         def differentiating(m):
             spans = self.spans(m.group(1))
@@ -521,7 +519,6 @@ class Reader:
             self.expect(abs(int(m.group(2)) - 100 * high) < 1, f"band {name}: share high")
             self.expect(abs(int(m.group(4)) - 100 * low) < 1, f"band {name}: share low")
             self.expect(close(m.group(3), self.lo + 2 * self.span / 3) and close(m.group(5), self.lo + self.span / 3), "thresholds")
-            self.expect(close(m.group(6), cells_v.mean()), f"band {name}: mean")
             for a, b in spans:
                 v, u = self.band_cells([(a, b)])
                 spread = np.percentile(u, 90) - np.percentile(u, 10)
@@ -533,7 +530,7 @@ class Reader:
                 if m.group("more"):
                     n_high = int(np.sum(means[self.kept] >= HIGH - 1e-9))
                     self.expect(int(m.group("more")) == n_high - 4, "count of other high tokens")
-        eat(r"In " + SPANS + rf" the tokens spread out: (\d+)% of the cells are high \(above ({NUM})\), (\d+)% low \(below ({NUM}); mean ({NUM})\)\.(?: (?P<high>(?:{TOK}(?:, | and )?)+?)(?:,? and (?P<more>\d+) other tokens)? stays? high(?: on average)?\.)?", differentiating)
+        eat(r"In " + SPANS + rf" the tokens spread out: (\d+)% of the cells lie above ({NUM}) and (\d+)% below ({NUM})\.(?: (?P<high>(?:{TOK}(?:, | and )?)+?)(?:,? and (?P<more>\d+) other tokens)? stays? high(?: on average)?\.)?", differentiating)
 
         if bands:  # the bands and the flat layers cover every layer once
             bands.sort()
@@ -608,7 +605,7 @@ class Reader:
                 self.check_run(r.group(1), r.group(2), r.group(3), r.group(4), r.group(5))
                 listed_runs.append((self.token(r.group(1)) or [0])[0])
             idx, typical, nearest = self.to_typical()
-            odd = re.findall(rf"; ((?:{TOK}(?:, | and )?)+?) (?:has|share) a depth profile unlike the other tokens'", m.group("odd") or "")
+            odd = re.findall(rf"; ((?:{TOK}(?:, | and )?)+?) (?:has|share|each have) a depth profile unlike the other tokens'", m.group("odd") or "")
             for t in [t for g in odd for t in self.tokens(g)]:  # listed, and far from the typical profile
                 d = nearest[list(idx).index(t)] if t in idx else 0
                 self.expect(t in listed_runs and d > max(0.15, 3 * typical), f"{self.labels[t]} said unlike the others")
@@ -621,7 +618,7 @@ class Reader:
             longest = sorted(((lambda r: r[1] - r[0] + 1)(self.longest_run(t)) for t in range(self.n_tokens) if self.kept[t]), reverse=True)
             stated = [(lambda r: r[1] - r[0] + 1)(self.longest_run(t)) for t in listed_runs]
             self.expect(sorted(stated, reverse=True) == longest[:len(stated)], "the listed runs are not the longest")
-        eat(rf"Tokens that stay clearly above the others over a run of layers: (?P<items>.*?)(?P<odd>(?:; (?:{TOK}(?:, | and )?)+? (?:has|share) a depth profile unlike the other tokens')*)(?:; (?P<more>\d+) more tokens? ha(?:s|ve) such a run of at least (?P<min>\d+) layers)?\.$", runs, re.M)
+        eat(rf"Tokens that stay clearly above the others over a run of layers: (?P<items>.*?)(?P<odd>(?:; (?:{TOK}(?:, | and )?)+? (?:has|share|each have) a depth profile unlike the other tokens')*)(?:; (?P<more>\d+) more tokens? ha(?:s|ve) such a run of at least (?P<min>\d+) layers)?\.$", runs, re.M)
 
         # observations
         def structure(m):
@@ -713,14 +710,13 @@ class Reader:
                 return
             rows = self.sinks[t][0]
             x = self.raw[rows, t]
-            self.expect(int(m.group("k")) == len(rows) and int(m.group("n")) == self.n_layers, "sink layer count")
             self.expect(close(m.group("lo"), x.min()) and close(m.group("hi"), x.max()) and close(m.group("mean"), x.mean()), "sink shares")
             meds = [np.median([self.raw[r, u] for u in range(self.n_tokens) if u not in self.edge]) for r in rows]
             self.expect(close(m.group("med"), np.mean(meds)), "sink median")
             self.expect(stated_spans(m.group("spans")) == spans_of(rows), "sink layers")
             role = m.group("role") or ""
             self.expect(("first" not in role or t == 0) and ("special" not in role or self.special[t]), "sink role")
-        eat(rf"(?P<tok>{TOK})(?P<role>, (?:the first|a whitespace|a delimiter|a special) token,)? takes (?P<lo>{NUM})–(?P<hi>{NUM}) of the attention at (?P<k>\d+) of the (?P<n>\d+) layers \((?P<spans>[^;]+); mean (?P<mean>{NUM}), against a layer median of (?P<med>{NUM})\)\.", sink)
+        eat(rf"(?P<tok>{TOK})(?P<role>, (?:the first|a whitespace|a delimiter|a special) token,)? takes (?P<lo>{NUM})–(?P<hi>{NUM}) of the attention at (?P<spans>(?:layers? )?[\d–, and]+?) \(mean (?P<mean>{NUM}), against a layer median of (?P<med>{NUM})\)\.", sink)
 
         runs_at = r"(?:layers?) \d+(?:–\d+)?(?:(?: and |, )\d+(?:–\d+)?)*"
 
@@ -755,10 +751,11 @@ class Reader:
                 self.expect(close(named["peak"], self.raw[first, t]), "massive onset value")
             else:
                 self.expect(close(named.get("peak") or named.get("peak2"), self.raw[peak, t]), "massive peak")
-            self.expect(self.row(m.group("pl")) == peak, "massive peak layer")
+            at = named.get("pl") or named.get("onset") or named.get("pl2")  # "(R x the median)": at that layer
+            self.expect(self.row(at) == peak, "massive peak layer")
             if named.get("pl2"):
                 self.expect(self.row(m.group("pl2")) == peak and first == 0, "massive from the first layer")
-            self.expect(close(m.group("ratio"), ratio[peak]), "massive ratio")
+            self.expect(close(named.get("ratio") or named.get("ratio_at"), ratio[peak]), "massive ratio")
             if m.group("onset"):
                 self.expect(self.row(m.group("onset")) == first and close(m.group("before"), self.raw[first - 1, t]), "massive onset")
             if m.group("end"):  # the layers about the peak at half of it or more, without a gap
@@ -778,7 +775,7 @@ class Reader:
                 self.expect(early is None, "an early phase is not said")
             if m.group("spans"):
                 self.expect(stated_spans(m.group("spans")) == [(self.layers[a], self.layers[b]) for a, b in self.massive[t]["runs"]], "writes")
-        eat(rf"(?P<tok>{TOK})(?: holds (?P<elo>{NUM})–(?P<ehi>{NUM})x the layer's median at layers? (?P<ea>\d+)(?:–(?P<eb>\d+))?, then)? (?:jumps from (?P<before>{NUM}) to (?P<peak>{NUM}) at layer (?P<onset>\d+)|reaches (?P<peak2>{NUM}) at layer (?P<pl2>\d+)), (?P<ratio>{NUM})x the layer's median at layer (?P<pl>\d+), stays above half of that up to layer (?P<end>\d+)(?: and is down to (?P<lv>{NUM}) at layer (?P<ll>\d+))?\.(?P<spans>)", massive)
+        eat(rf"(?P<tok>{TOK})(?: holds (?P<elo>{NUM})–(?P<ehi>{NUM})x the layer's median at layers? (?P<ea>\d+)(?:–(?P<eb>\d+))?, then)? (?:jumps from (?P<before>{NUM}) to (?P<peak>{NUM}) at layer (?P<onset>\d+)|reaches (?P<peak2>{NUM}) at layer (?P<pl2>\d+))(?: \((?P<ratio_at>{NUM})x the layer's median\)|, peaks at (?P<ratio>{NUM})x the layer's median at layer (?P<pl>\d+)), stays above half of that up to layer (?P<end>\d+)(?: and is down to (?P<lv>{NUM}) at layer (?P<ll>\d+))?\.(?P<spans>)", massive)
         eat(rf"The (?:MLP|attention sublayer) writes (?P<peak>{NUM}) into (?P<tok>{TOK}) at layer (?P<pl>\d+), (?P<ratio>{NUM})x the layer's median(?:; it writes at least 10x the median into it at (?P<spans>[^.]+))?\.(?P<onset>)(?P<before>)(?P<end>)(?P<lv>)(?P<ll>)", massive)
 
         def massive_lead(m):
@@ -871,16 +868,27 @@ class Reader:
                 self.expect(int(m.group(2)) == n_last - len(self.tokens(m.group(1))), "others at the last layer")
         eat(rf"Only at the last layer: ((?:{TOK}(?:, | and )?)+?)(?:,? and (\d+) others)?\.", last_only)
 
-        def late_drop(m):
-            (t,) = self.token(m.group(1))[:1] or [None]
+        def late_drop(ref, peak, peak_layer, last, last_layer):
+            (t,) = self.token(ref)[:1] or [None]
             if t not in drops:
-                self.fail(f"{m.group(1)} is said to fall back but does not")
+                self.fail(f"{ref} is said to fall back but does not")
                 return
             p, fall = drop(t)
-            self.expect(close(m.group(2), self.raw[p, t]) and self.row(m.group(3)) == p, "drop peak")
-            self.expect(close(m.group(4), self.raw[-1, t]) and self.row(m.group(5)) == self.n_layers - 1, "drop end")
-        eat(rf"({TOK}) falls from ({NUM}) at layer (\d+) to ({NUM}) at layer (\d+)\.", late_drop)
-        eat(r"(\d+) more falls? by 0\.3 or more", lambda m: self.expect(int(m.group(1)) == len(drops) - 3, "more drops"))
+            self.expect(close(peak, self.raw[p, t]) and self.row(peak_layer) == p, "drop peak")
+            self.expect(close(last, self.raw[-1, t]) and self.row(last_layer) == self.n_layers - 1, "drop end")
+        eat(rf"({TOK}) falls from ({NUM}) at layer (\d+) to ({NUM}) at layer (\d+)\.",  # (a --json sentence)
+            lambda m: late_drop(*m.groups()))
+
+        last_layer = re.search(r"Some fall back by layer (\d+), as the logit lens often shows", text)
+        eat(r"Some fall back by layer (\d+), as the logit lens often shows", lambda m: None)
+
+        def late_drops(m):
+            for r in re.finditer(rf"({TOK}) from ({NUM}) at layer (\d+) to ({NUM})(?=, | and |$)", m.group("items")):
+                late_drop(*r.groups(), last_layer.group(1))
+            if m.group("more"):
+                self.expect(int(m.group("more")) == len(drops) - 3, "more drops")
+        eat(rf"(?<=\)): (?P<items>(?:{TOK} from {NUM} at layer \d+ to {NUM}(?:, | and )?)+)"
+            r"(?:; (?P<more>\d+) more falls? by 0\.3 or more)?\.$", late_drops, re.M)
         eat(r"(?:Single cells|The cells) that stand out most from their layer: (?P<items>.*?)(?:, and (?P<more>\d+) more tokens?)?\.$", shown, re.M)
 
         # interpretation: what it names must be what the phenomena found

@@ -94,7 +94,7 @@ def test_layer_scaling_dominated_by_one_token_is_redone_without_it():
     v[2:12, 0] = 16000.0
     v[4, 5] = 400.0  # a real peak among the others
     findings, text, doc = read(make(v, "hidden-norm"), "layer")
-    assert findings.rescaled and "scaled to 0–1 again without them" in text
+    assert findings.rescaled and "and rescales each layer without them" in text
     assert "uniformly low at 0" not in text
     assert [h["index"] for h in doc["highlights"]][:1] == [5]
 
@@ -127,7 +127,7 @@ def test_convergence_names_the_prediction_and_its_layer():
     (drop,) = [p for p in doc["phenomena"] if p["kind"] == "late-drop"]
     assert drop["tokens"] == [6] and drop["layers"] == [9, 12] and drop["value"] == pytest.approx(0.55)
     assert "`w1` → `w2`: at least 0.5 from layer 3 to 12" in [p["sentence"][:44] for p in doc["phenomena"]]
-    assert "`w6` → `w7` falls from 0.95 at layer 9 to 0.40" in text
+    assert "`w6` → `w7` from 0.95 at layer 9 to 0.40" in text
     assert [t["predicts"] for t in doc["tokens"]] == [f"w{i + 1}" for i in range(9)] + [None]
 
 
@@ -184,7 +184,7 @@ def test_layer_scaling_of_small_differences_is_said_not_read_as_standing_out():
     v[:6, 3], v[:6, 9] = 175, 170  # layers 1-6 have two tokens 1.6x the others: a real difference
     findings, text, doc = read(make(v, "hidden-norm"), "layer")
     assert findings.flat == [(7, 12)]
-    assert "at least 1.5x the layer's median; in layers 7–12 none is" in text
+    assert "In layers 7–12 no token reaches 1.5x the layer's median" in text
     assert [(t.index, t.sustained) for t in findings.runs] == [(9, (1, 6))]  # (w3 dominates: set aside)
     assert all(h["layer"] <= 6 for h in doc["highlights"])
 
