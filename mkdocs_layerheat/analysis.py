@@ -23,7 +23,7 @@ import numpy as np
 
 from .heatmap import Heatmap, normalize as rescale, robust_range
 from .labels import display_labels
-from .phenomena import LENSES, Phenomenon, aside as aside_mask, detect, true_runs
+from .phenomena import LENSES, TRACES, Phenomenon, aside as aside_mask, detect, reference, sought, true_runs
 
 HIGH, LOW = 2 / 3, 1 / 3  # thresholds on the unit scale: top third, bottom third
 STANDS_OUT = 0.25  # above the layer's median, on the unit scale
@@ -414,7 +414,8 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
     layers = [int(x) for x in heatmap.layers]
     labels = [str(x) for x in labels]
     causal = bool(heatmap.provenance.get("causal", True))
-    phenomena = detect(heatmap.metric, heatmap.values if raw_known else None, figure.shape, layers, causal)
+    phenomena = detect(heatmap.metric, heatmap.values if raw_known else None, figure.shape, layers, causal,
+                       heatmap.trace)
     v, aside_cells, rescaled = _analysed(heatmap, figure, phenomena, normalize, raw_known)
     valid = ~np.isnan(v)
     if not valid.any():
@@ -432,13 +433,17 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
     v_low, v_high = float(np.nanmin(v)), float(np.nanmax(v))
     span_all = v_high - v_low
     u_all = (v - v_low) / span_all if span_all > 0 else np.where(valid, 0.0, np.nan)
-    # (not under a lens: a probability near 1 is a settled prediction, stated as such, not a washed-out scale)
-    dominant = [] if constant or heatmap.metric in LENSES else _dominant(u_all)
+    # (not under a lens or a trace: a probability near 1 is a settled prediction, a restore that recovers the
+    # answer is the finding itself; stated as such, not as a washed-out scale)
+    dominant = [] if constant or heatmap.metric in LENSES + TRACES else _dominant(u_all)
     kept = np.ones(n_tokens, dtype=bool)
     kept[dominant] = False
     kept &= valid.any(axis=0)  # a token whose every cell is explained by a phenomenon takes no part
     rest = v[:, kept] if kept.any() else v
     scale_low, scale_high = float(np.nanmin(rest)), float(np.nanmax(rest))
+    found = reference(heatmap.metric, heatmap.trace) if raw_known and normalize == "none" else None
+    if found and found[0] != found[1]:  # an intervention's scale: from the corrupted run's value to the clean run's
+        scale_low, scale_high = sorted(found[:2])
     span = scale_high - scale_low
     u = (v - scale_low) / span if span > 0 else np.where(valid, 0.0, np.nan)
     ur, valid_r = u[:, kept], valid[:, kept]
@@ -674,6 +679,8 @@ def _observations(f: Findings, heatmap: Heatmap) -> list[Observation]:
     for kind in ("attention-sink", "massive-activation"):
         if f.of(kind):
             out.append(Observation(kind, 1.0, {"items": f.of(kind)}))
+    if f.metric in TRACES and reference(f.metric, heatmap.trace) and sought(f.metric, *reference(f.metric, heatmap.trace)[:2]):
+        out.append(Observation("sites", 1.0, {}))
     if f.metric in LENSES and not f.constant:
         out.append(Observation("convergence", 1.0, {}))
     for a in f.dominant:

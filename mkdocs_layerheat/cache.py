@@ -48,7 +48,7 @@ def source_hash(*paths: Path) -> str:
 
 
 _PACKAGE = Path(__file__).parent
-NUMERIC_SOURCES = [_PACKAGE / name for name in ("catalog.py", "reducers.py", "extract.py", "models.py")]
+NUMERIC_SOURCES = [_PACKAGE / name for name in ("catalog.py", "reducers.py", "extract.py", "models.py", "interventions.py")]
 
 
 def cache_key(model_fingerprint: str, text: str, metric: str, options: dict[str, Any] | None = None) -> str:

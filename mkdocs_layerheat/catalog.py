@@ -13,6 +13,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 # light yellow to dark brown; two colour-blind-safe sequential maps; blue-white-red for signed values
 PALETTES = ("yellow-brown", "cividis", "viridis", "diverging")
 COLOR_RANGES = ("full", "robust")
+RESTORES = ("hidden", "mlp", "attn")  # causal-trace: what is restored, the block's output or a sublayer's
 NORMALIZATIONS = ("none", "global", "layer", "token")
 
 
@@ -21,7 +22,7 @@ class Metric:
     name: str
     label: str  # short, for the colour bar and tooltips
     definition: str  # one sentence, shown in summaries and docs
-    site: str  # "attention" (attention weights), "block" (block input/output), "sublayer" or "lens"
+    site: str  # "attention" (weights), "block" (block input/output), "sublayer", "lens" or "intervention" (runs again)
     options: frozenset[str] = frozenset()  # metric-specific spec keys that apply (query, target, heads, aggregate)
     embeddings: bool = False  # whether layer 0 (the embedding output) is defined
 
@@ -115,8 +116,32 @@ METRICS: dict[str, Metric] = {
             options=frozenset({"target"}),
             embeddings=True,
         ),
+        Metric(
+            name="causal-trace",
+            label="p(answer)",
+            definition=(
+                "causal trace (Meng et al. 2022): the probability of the answer at the last position when the "
+                "subject's token embeddings are corrupted with noise and this token's state at layer l is restored "
+                "to its clean value, averaged over the noise samples"
+            ),
+            site="intervention",
+            options=frozenset({"subject", "answer", "samples", "noise", "seed", "restore", "window"}),
+        ),
+        Metric(
+            name="activation-patching",
+            label="logit difference restored",
+            definition=(
+                "patching effect (activation patching): the share of the logit difference between the clean answer and the corrupted "
+                "text's answer that patching this token's block-l output from the clean run into the corrupted run "
+                "restores (1: the clean behaviour, 0: no effect)"
+            ),
+            site="intervention",
+            options=frozenset({"corrupt", "answer"}),
+        ),
     )
 }
+ONE_PASS = tuple(name for name, m in METRICS.items() if m.site != "intervention")  # reductions of one forward pass
+INTERVENTION_OPTIONS = frozenset({"subject", "answer", "samples", "noise", "seed", "restore", "window", "corrupt"})
 
 
 @dataclass(frozen=True)
@@ -130,6 +155,14 @@ class MetricRequest:
     aggregate: str = "mean"  # attention metrics: how heads combine
     layers: tuple[int, ...] | None = None  # 1-based block numbers, ascending; None: all blocks
     embeddings: bool = False  # add layer 0 (the embedding output) where the metric defines it
+    subject: str | None = None  # causal-trace: the text whose tokens are corrupted
+    answer: str | None = None  # interventions: the one-token answer read at the last position (default: greedy)
+    samples: int = 10  # causal-trace: noised copies (ROME's defaults from here on)
+    noise: float = 3.0  # causal-trace: the noise's scale, in standard deviations of the input embeddings
+    seed: int = 1  # causal-trace: numpy.random.RandomState seed of the noise
+    restore: str = "hidden"  # causal-trace: RESTORES
+    window: int = 10  # causal-trace: layers of sublayer outputs restored together (restore mlp or attn)
+    corrupt: str | None = None  # activation-patching: the corrupted text, of the same token length
 
     def key_options(self) -> dict[str, Any]:
         """The options that differ from their defaults (the metric name excluded), as plain JSON values."""

@@ -20,6 +20,7 @@ import numpy as np
 from .heatmap import Heatmap
 from .catalog import DEFAULT_MAX_TOKENS, METRICS, MetricRequest
 from .reducers import AttentionStats, MetricError, combine_heads, hidden_norm, sublayer_updates, update
+from . import interventions
 from .models import ATTENTION_OBSERVERS, LoadedModel, ModelError, first_line
 
 LENS_CHUNK_BYTES = 32 << 20  # logits of one chunk of tokens, [chunk, vocab] float32
@@ -280,6 +281,9 @@ def extract_many(
         except ExtractionError as exc:
             results[index] = exc
             continue
+        if METRICS[request.metric].site == "intervention":
+            results[index] = _intervene(loaded, source, seq, request)
+            continue
         todo[source].append((index, request))
 
     batches: list[list[TextInput]] = []
@@ -303,6 +307,24 @@ def extract_many(
             for index, request in todo[source]:
                 results[index] = _heatmap(loaded, seq, request, values[request][b])
     return results  # type: ignore[return-value]
+
+
+def _intervene(loaded: LoadedModel, source: TextInput, seq: Sequence, request: MetricRequest) -> Heatmap | ExtractionError:
+    """A causal trace or an activation patching of one text: runs of their own, not reductions of one pass."""
+    rows = _rows(loaded, request)
+    try:
+        if request.metric == "causal-trace":
+            values, trace = interventions.causal_trace(loaded, seq.ids, seq.pieces, request, rows)
+        else:
+            corrupt = prepare(loaded, TextInput(request.corrupt, source.chat, 0, source.max_tokens))
+            values, trace = interventions.activation_patching(loaded, seq.ids, corrupt.ids, request, rows)
+    except interventions.InterventionError as exc:
+        return ExtractionError(str(exc))
+    except ExtractionError as exc:
+        return ExtractionError(f"corrupt: {exc}")
+    heatmap = _heatmap(loaded, seq, request, values)
+    heatmap.trace = trace
+    return heatmap
 
 
 def _heatmap(loaded: LoadedModel, seq: Sequence, request: MetricRequest, values: np.ndarray) -> Heatmap:
@@ -365,7 +387,7 @@ def _check(loaded: LoadedModel, request: MetricRequest, seq: Sequence) -> None:
         n = len(seq.ids)
         if not -n <= request.query < n:
             raise ExtractionError(f"query: position {request.query} is out of range: the text has {n} tokens")
-    if metric.site == "lens":
+    if metric.site in ("lens", "intervention"):
         try:
             loaded.lens_head()
         except ModelError as exc:
@@ -547,25 +569,13 @@ class _Collector:
                         self.put(request, layer, (a if request.metric == "attn-norm" else m).norm(dim=-1))
                 self._lens(layer, h_out)
                 if layer == self.loaded.num_layers and self.at_any(("lens",)):
-                    self.check_logits = self._logits(h_out[:, -1:].reshape(-1, h_out.shape[-1]))
+                    self.check_logits = self.loaded.final_logits(h_out[:, -1:].reshape(-1, h_out.shape[-1]))
             except MetricError as exc:
                 self.errors.append(exc)
 
         return hook
 
     # ----------------------------------------------------------------- logit lens
-
-    def _logits(self, hidden: Any) -> Any:
-        """`[N, D]` hidden states -> `[N, V]` float32 logits through the model's own final norm and unembedding."""
-        chain, unembedding = self.loaded.lens_head()
-        x = hidden[None]
-        for module in [*chain, unembedding]:
-            x = module(x.to(_device_of(module, x)))
-        logits = x[0].float()
-        cap = getattr(self.loaded.model.config.get_text_config(), "final_logit_softcapping", None)
-        if cap:
-            logits = (logits / cap).tanh() * cap
-        return logits
 
     def _lens(self, layer: int, hidden: Any) -> None:
         import torch
@@ -580,7 +590,7 @@ class _Collector:
         vocab = self.loaded.model.get_output_embeddings().weight.shape[0]
         chunk = max(1, LENS_CHUNK_BYTES // (vocab * 4))
         for start in range(0, flat.shape[0], chunk):
-            logits = self._logits(flat[start : start + chunk])
+            logits = self.loaded.final_logits(flat[start : start + chunk])
             log_z = logits.logsumexp(dim=-1)
             for request in requests:
                 target = targets[request][start : start + chunk].to(logits.device)
@@ -605,12 +615,6 @@ class _Observer:
 
     def add(self, weights: Any, start: int, mask: Any = None) -> None:
         self.collector.stats[self.layer].add(weights, start, mask)
-
-
-def _device_of(module: Any, fallback: Any) -> Any:
-    for p in module.parameters():
-        return p.device
-    return fallback.device
 
 
 def _run(loaded: LoadedModel, seqs: list[Sequence], requests: list[MetricRequest], padding_side: str) -> dict:

@@ -181,6 +181,21 @@ class LoadedModel:
             self._head = locate_head(self.model, self.blocks)
         return self._head
 
+    def final_logits(self, hidden: Any) -> Any:
+        """`[N, D]` outputs of the last block -> `[N, V]` logits (float32 at least), through the model's own final
+        norm and unembedding (and its final soft-capping, where it has one)."""
+        import torch
+
+        chain, unembedding = self.lens_head()
+        x = hidden[None]
+        for module in [*chain, unembedding]:
+            x = module(x.to(_device_of(module, x)))
+        logits = x[0].to(torch.promote_types(x.dtype, torch.float32))
+        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        if cap:
+            logits = (logits / cap).tanh() * cap
+        return logits
+
 
 def resolve_device(device: str) -> str:
     """`auto`: CUDA when available, then MPS, else the CPU; other values are passed to torch as they are."""
@@ -495,3 +510,10 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)  # a half-written directory is never mistaken for a model
     return out_dir
+
+
+def _device_of(module: Any, fallback: Any) -> Any:
+    """The device of a module's parameters (a module without any: the tensor's)."""
+    for p in module.parameters():
+        return p.device
+    return fallback.device

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -19,8 +20,9 @@ from .analysis import MAX_RUNS, Findings
 from .compare import IDENTICAL, Difference
 from .joint import Link, links
 from .heatmap import Heatmap
-from .catalog import METRICS
-from .phenomena import LENSES, SOURCES, Phenomenon
+from .labels import display_labels
+from .catalog import METRICS, MetricRequest
+from .phenomena import LENSES, SOURCES, TRACES, Phenomenon, reference, sought
 
 NAMES = {"attention-sink": "Attention sinks", "massive-activation": "Massive activations",
          "edge-effect": "Edge effect", "prediction-converges": "Predictions settle", "late-drop": "Late drops"}
@@ -161,6 +163,45 @@ def markdown_to_html(text: str) -> str:
     return md.convert(text)
 
 
+def _trace_context(heatmap: Heatmap, f: Findings) -> dict | None:
+    """An intervention's reference values and options, as the summary states them (None: not one, or a file
+    without them)."""
+    found = reference(heatmap.metric, heatmap.trace)
+    if found is None:
+        return None
+    low, high, subject = found
+    raw = np.asarray(heatmap.values, dtype=np.float64)
+    options = {**METRIC_DEFAULTS, **(heatmap.provenance.get("options") or {})}
+    column = np.nan_to_num(raw[:, subject[1] - 1], nan=-np.inf)
+    peak = int(np.argmax(column))
+    # the subject token whose restore recovers most, when it is not the last one
+    block = np.nan_to_num(raw[:, subject[0]:subject[1]], nan=-np.inf)
+    best_row, best_col = np.unravel_index(int(np.argmax(block)), block.shape)
+    strongest = None
+    if subject[0] + best_col != subject[1] - 1 and block[best_row, best_col] > column[peak]:
+        strongest = {"index": int(subject[0] + best_col), "layer": f.layers[best_row], "value": float(block[best_row, best_col])}
+    hi = max(low, high)
+    t = heatmap.trace
+    return {
+        **options, "low": low, "high": high, "subject": subject, "sought": sought(heatmap.metric, low, high),
+        "answer": display_labels([t.get("answer", "")])[0], "corrupt_answer": display_labels([t.get("corrupt_answer", "")])[0],
+        "strongest": strongest,
+        "ld_clean": t.get("ld_clean"), "ld_corrupt": t.get("ld_corrupt"),
+        "differs": [(i, display_labels([(t.get("corrupt_tokens") or heatmap.tokens)[i]])[0]) for i in t.get("differs", [])],
+        "peak": {"value": float(raw[peak, subject[1] - 1]), "layer": f.layers[peak]},
+        "last_peak": _best(raw[:, -1], f.layers, skip_last=bool(raw[-1, -1] == np.float32(high))),
+        "beyond": int((raw > hi).sum()),
+        "trivial_last": bool(raw[-1, -1] == np.float32(high)),
+    }
+
+
+def _best(column: np.ndarray, layers: list[int], skip_last: bool) -> dict:
+    """The highest value of a column and its layer (`skip_last`: below the last layer)."""
+    values = np.nan_to_num(np.asarray(column, dtype=np.float64), nan=-np.inf)
+    row = int(np.argmax(values[:-1] if skip_last and len(values) > 1 else values))
+    return {"value": float(values[row]), "layer": layers[row]}
+
+
 def _groups(f: Findings) -> list[tuple[str, list[Phenomenon]]]:
     """The phenomena of a non-lens figure by kind, in reading order: sinks, massive activations, the edge."""
     order = ("attention-sink", "massive-activation", "edge-effect")
@@ -177,7 +218,7 @@ def _differing_to_the_top(f: Findings) -> bool:
     return enough and 2 * len(differing) >= sum(b.n_layers for b in above)
 
 
-def _interpretation(f: Findings, tok) -> list[str]:
+def _interpretation(f: Findings, tok, restore: str = "hidden") -> list[str]:
     """The hedged closing reading: what the phenomena found are consistent with, in the literature's words."""
     out = []
     sinks = f.of("attention-sink")
@@ -203,10 +244,34 @@ def _interpretation(f: Findings, tok) -> list[str]:
                    "the prediction, only that it is not yet in the output's basis (Belrose et al. 2023)"
                    + ("; the late drops suggest that the last layers spread probability back over alternatives."
                       if f.of("late-drop") else "."))
-    if f.onset and not f.phenomena and f.metric not in LENSES and _differing_to_the_top(f):
+    out += _trace_interpretation(f, tok, restore)
+    if f.onset and not f.phenomena and f.metric not in LENSES + TRACES and _differing_to_the_top(f):
         out.append("Uniform lower layers followed by tokens that differ are consistent with early layers treating "
                    "all tokens alike and later ones specialising.")
     return out
+
+
+def _trace_interpretation(f: Findings, tok, restore: str) -> list[str]:
+    """What ROME's two sites, or one of them, are consistent with."""
+    early, late = f.of("early-site"), f.of("late-site")
+    if f.metric not in TRACES or not (early or late):
+        return []
+    if early and late:
+        text = (f"The two sites are the pattern Meng et al. 2022 report for factual recall in GPT models: what the "
+                f"corruption took is held at {tok(early[0].tokens[0])} in the lower and middle layers, then moved to "
+                f"the last token, where the prediction is made")
+    elif late:
+        text = ("Only the upper layers of the last token carry what the corruption took: the answer is likely "
+                "assembled there, from what the last token reads from earlier tokens; the early site that Meng et al. "
+                "2022 find at the last subject token of larger models does not show here")
+    else:
+        text = (f"The answer depends on {tok(early[0].tokens[0])}, but no restore at the last token recovers it: "
+                f"what the corruption took likely reaches the last token through several positions at once")
+    if restore == "mlp" and early:
+        text += "; that MLP outputs recover it at the early site fits their finding that mid-layer MLPs mediate the recall"
+    if restore == "attn" and late:
+        text += "; that attention outputs recover it at the late site fits attention moving the recalled attribute to the last token (Geva et al. 2023)"
+    return [text + "."]
 
 
 def _joint_interpretation(found: list[Link], tok) -> list[str]:
@@ -232,11 +297,15 @@ def _joint_interpretation(found: list[Link], tok) -> list[str]:
     return out
 
 
+METRIC_DEFAULTS = {f.name: f.default for f in fields(MetricRequest)}
+
+
 class Narrative:
     """Renders `summary.md` from a template loader (the package's templates, or a user's overrides first)."""
 
     def __init__(self, loader: BaseLoader):
         self.env = Environment(loader=loader, autoescape=False, trim_blocks=True, lstrip_blocks=True,
+                               extensions=["jinja2.ext.do"],
                                keep_trailing_newline=True, undefined=StrictUndefined)
         self.env.filters.update(num=scaled, raw=number, pct=percent, code=code, signed=signed, times=times, span=span)
         self.env.globals.update(join=join, layers=layers, spans=spans, cells=cells)
@@ -282,6 +351,7 @@ class Narrative:
             return any(tuple(c) in shown for c in band.outlier_cells)
 
         observations = f.observations
+        tr = _trace_context(heatmap, f)
         # a second lead sentence only for a phenomenon or an anomaly (the bands and peaks have their sections)
         lead = observations[:1] + [o for o in observations[1:2] if o.kind in (
             "attention-sink", "massive-activation", "convergence", "sink", "anomaly")]
@@ -310,7 +380,7 @@ class Narrative:
             "delimiters": DELIMITERS,
             "whitespace": WHITESPACE,
             "pale": span < PALE * scale_width and (shared or bool(f.aside_cells) and not f.rescaled),
-            "interpretation": _interpretation(f, tok),
+            "interpretation": _interpretation(f, tok, (tr or {}).get("restore", "hidden")),
             "lead": lead,
             "low_below": f.scale_low + span / 3,
             "high_above": f.scale_low + 2 * span / 3,
@@ -321,6 +391,10 @@ class Narrative:
             "some": some,
             "group": group,
             "named_below": named_below,
+            "trace_metric": heatmap.metric in TRACES,
+            "tr": tr,
+            "trace_peak": tr.get("peak") if tr else None,
+            "trivial_last": bool(tr and tr.get("trivial_last")),
             "all_nan": bool(np.isnan(f.low)) if isinstance(f.low, float) else False,
             "decimals": None,  # 2 significant figures (compare summaries resolve their differences instead)
         }

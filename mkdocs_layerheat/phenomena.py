@@ -15,6 +15,9 @@ left out of the bands and highlights (`aside`), so that they describe the rest o
   final third of the layers (nostalgebraist 2020; Belrose et al. 2023).
 - `edge-effect`: positions whose value averages over few queries (the end of `attention`) or whose query
   sees few keys (the start of `attention-entropy`), in a causal model.
+- `early-site` and `late-site` (`causal-trace`, `activation-patching`): the last corrupted token over the
+  layers where restoring it recovers at least `SITE_SHARE` of the way from the corrupted run's value to the
+  clean run's, and the last token from the first layer where it does so to the last (Meng et al. 2022).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ MASSIVE_RATIO = 10.0
 CONVERGED_P = 0.5
 LATE_DROP = 0.3
 EDGE_SHARE = 0.1  # the edge: the last (first) max(3, 10% of the tokens) positions, seen by few queries (keys)
+SITE_SHARE = 0.5  # a site: restoring recovers at least half of what the corruption took
+TRACES = ("causal-trace", "activation-patching")
 
 SOURCES = {
     "attention-sink": "Xiao et al. 2023, StreamingLLM; Gu et al. 2024, When Attention Sink Emerges",
@@ -38,6 +43,8 @@ SOURCES = {
     "prediction-converges": "nostalgebraist 2020, the logit lens; Belrose et al. 2023, the tuned lens",
     "late-drop": "nostalgebraist 2020; Belrose et al. 2023",
     "edge-effect": "",
+    "early-site": "Meng et al. 2022, Locating and Editing Factual Associations in GPT",
+    "late-site": "Meng et al. 2022, Locating and Editing Factual Associations in GPT",
 }
 NORMS = ("hidden-norm", "attn-norm", "mlp-norm")
 LENSES = ("logit-lens", "logit-lens-rank")
@@ -196,8 +203,62 @@ def convergence(raw: np.ndarray, layers: list[int], rank: bool) -> list[Phenomen
     return out
 
 
+def reference(metric: str, trace: dict) -> tuple[float, float, tuple[int, int]] | None:
+    """What an intervention's cells are read against: the corrupted run's value, the clean run's, and the
+    corrupted tokens (`causal-trace`: the subject; `activation-patching`: first to last differing token)."""
+    if metric == "causal-trace" and {"p_noisy", "p_clean", "subject"} <= set(trace):
+        return float(trace["p_noisy"]), float(trace["p_clean"]), tuple(trace["subject"])
+    if metric == "activation-patching" and trace.get("differs"):
+        return 0.0, 1.0, (trace["differs"][0], trace["differs"][-1] + 1)
+    return None
+
+
+def sought(metric: str, low: float, high: float) -> bool:
+    """Whether the corruption takes enough away for sites to mean something: a causal trace's noise must at
+    least halve the answer's probability (activation patching's 0 and 1 are the two answers' own runs)."""
+    return metric != "causal-trace" or high - low >= high / 2
+
+
+def sites(raw: np.ndarray, layers: list[int], low: float, high: float, span: tuple[int, int],
+          trivial_last: bool) -> list[Phenomenon]:
+    """ROME's early site (the last corrupted token) and late site (the last token), where restoring recovers
+    at least SITE_SHARE of `high - low`; none when the corruption takes nothing away. `trivial_last`: the
+    last token's last layer is the clean run's by construction (a block's output restored), so a late site
+    must begin below it (a cell that holds exactly the clean value is one). The late site is the highest run
+    of layers at the last token that recovers half."""
+    gap = high - low
+    if not gap > 0:
+        return []
+    recovered = (raw - low) / gap
+    n_layers, n_tokens = raw.shape
+    last, subject = n_tokens - 1, span[1] - 1
+    out = []
+    if subject != last:
+        runs = true_runs(np.nan_to_num(recovered[:, subject]) >= SITE_SHARE)
+        if runs:
+            column = np.nan_to_num(raw[:, subject], nan=-np.inf)
+            peak = int(np.argmax(column))
+            out.append(Phenomenon(
+                "early-site", [subject], (layers[runs[0][0]], layers[runs[-1][1]]), float(raw[peak, subject]),
+                data={"runs": [(layers[a], layers[b]) for a, b in runs], "peak_layer": layers[peak],
+                      "share": float(recovered[peak, subject])},
+                cells=[(r, subject) for a, b in runs for r in range(a, b + 1)]))
+    flags = np.nan_to_num(recovered[:, last]) >= SITE_SHARE
+    if trivial_last:
+        flags[-1] = False  # (it always recovers everything)
+    runs = true_runs(flags)
+    if runs:
+        a, b = runs[-1]
+        b = n_layers - 1 if trivial_last and b == n_layers - 2 else b  # a run up to the top is one
+        out.append(Phenomenon(
+            "late-site", [last], (layers[a], layers[b]), float(raw[a, last]),
+            data={"last": float(raw[-1, last]), "share": float(recovered[a, last]), "to_top": b == n_layers - 1},
+            cells=[(r, last) for r in range(a, b + 1)]))
+    return out
+
+
 def detect(metric: str, raw: np.ndarray | None, shape: tuple[int, int], layers: list[int],
-           causal: bool = True) -> list[Phenomenon]:
+           causal: bool = True, trace: dict | None = None) -> list[Phenomenon]:
     """Every phenomenon of `raw` (the metric's values, `[layers, tokens]`), edge effect first. Without the raw
     values (a file that holds scaled ones) only the edge effect, which depends on positions alone, is known."""
     n_layers, n_tokens = shape
@@ -216,6 +277,9 @@ def detect(metric: str, raw: np.ndarray | None, shape: tuple[int, int], layers: 
         found += massive(raw, layers, single_layer=metric != "hidden-norm")
     elif metric in LENSES:
         found += convergence(raw, layers, rank=metric == "logit-lens-rank")
+    elif metric in TRACES and reference(metric, trace or {}) and sought(metric, *reference(metric, trace)[:2]):
+        low, high, span = reference(metric, trace)
+        found += sites(raw, layers, low, high, span, trivial_last=bool(raw[-1, -1] == np.float32(high)))
     return found
 
 

@@ -15,7 +15,7 @@ from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescap
 from importlib.metadata import version
 
 from .cache import source_hash
-from .labels import bytes_text, fragment_notes
+from .labels import bytes_text, display_labels, fragment_notes
 from .catalog import METRICS
 
 if TYPE_CHECKING:  # numpy is imported only when a figure is drawn: a warm build never needs it
@@ -54,6 +54,27 @@ def _number(value: float) -> str:
 def _marked(label: str, kind: str) -> str:
     """Axis label of a token: special and chat-template tokens in ⟨angle brackets⟩, generated ones starred."""
     return {"special": f"⟨{label}⟩", "template": f"⟨{label}⟩", "generated": f"{label}*"}.get(kind, label)
+
+
+def _axis_labels(heatmap: Heatmap, labels: list[str]) -> list[str]:
+    """The x-axis labels: kinds marked (`_marked`); a causal trace's subject starred, as ROME's figures do; an
+    activation patching's differing tokens as clean → corrupted."""
+    out = [_marked(label, kind) for label, kind in zip(labels, heatmap.kinds)]
+    trace = heatmap.trace
+    if heatmap.metric == "causal-trace" and "subject" in trace:
+        for i in range(*trace["subject"]):
+            out[i] += "*"
+    for i in trace.get("differs", []) if heatmap.metric == "activation-patching" else []:
+        out[i] += "→" + display_labels([trace["corrupt_tokens"][i]])[0]
+    return out
+
+
+def reference_scale(heatmap: Heatmap, normalize: str) -> tuple[float, float] | None:
+    """An intervention shown as computed runs its colours from the corrupted run's value to the clean run's."""
+    from .phenomena import reference
+
+    found = reference(heatmap.metric, heatmap.trace) if normalize == "none" else None
+    return (min(found[:2]), max(found[:2])) if found and found[0] != found[1] else None
 
 
 def figure_height(n_layers: int) -> int:
@@ -105,7 +126,8 @@ def _scale(values: np.ndarray, normalize: str, palette: str) -> tuple[float, flo
 
 
 def _panel(heatmap: Heatmap, values: np.ndarray, labels: list[str], scale: tuple[float, float], palette: str,
-           layer_label: str, show_raw: bool, title: str | None = None, x_range=None, clipped: bool = False):
+           layer_label: str, show_raw: bool, title: str | None = None, x_range=None, clipped: bool = False,
+           mark_below: bool = True):
     """One heatmap as a Bokeh figure: an image glyph whose values (and the raw values for the tooltip)
     travel as base64 float32 arrays, a few bytes per cell, instead of a JSON object per cell."""
     import numpy as np
@@ -128,9 +150,11 @@ def _panel(heatmap: Heatmap, values: np.ndarray, labels: list[str], scale: tuple
     )
     image = fig.image(image=[values.astype(np.float32)], x=-0.5, y=-0.5, dw=n_tokens, dh=n_layers, color_mapper=mapper)
     metric = _label(heatmap.metric)
+    beyond = 0
     if clipped:  # cells beyond the colour scale: ▲ above it, ▼ below it
-        for marker, (rows, cols) in (("triangle", np.nonzero(values > scale[1])),
-                                     ("inverted_triangle", np.nonzero(values < scale[0]))):
+        below = np.nonzero(values < scale[0]) if mark_below else (np.array([], int), np.array([], int))
+        for marker, (rows, cols) in (("triangle", np.nonzero(values > scale[1])), ("inverted_triangle", below)):
+            beyond += len(rows)
             if len(rows):
                 fig.scatter(x=cols.tolist(), y=rows.tolist(), marker=marker, size=6, fill_color="white",
                             line_color="black", line_width=0.5)
@@ -146,7 +170,7 @@ def _panel(heatmap: Heatmap, values: np.ndarray, labels: list[str], scale: tuple
         tooltips.append(("raw value", "$x{raw}"))
     fig.add_tools(HoverTool(renderers=[image], tooltips=tooltips, formatters={"$x": cell, "$y": cell}))
     fig.xaxis.ticker = FixedTicker(ticks=list(range(n_tokens)))
-    fig.xaxis.major_label_overrides = {i: _marked(label, kind) for i, (label, kind) in enumerate(zip(labels, kinds))}
+    fig.xaxis.major_label_overrides = dict(enumerate(_axis_labels(heatmap, labels)))
     fig.xaxis.major_label_orientation = np.pi / 2 if max(map(len, labels), default=0) > 2 or n_tokens > 30 else 0
     rows = _layer_ticks(list(range(n_layers)))
     fig.yaxis.ticker = FixedTicker(ticks=rows)
@@ -156,7 +180,7 @@ def _panel(heatmap: Heatmap, values: np.ndarray, labels: list[str], scale: tuple
     fig.axis.major_tick_line_color = None
     fig.axis.axis_line_color = None
     fig.outline_line_color = None
-    bar = ColorBar(color_mapper=mapper, width=12, title=f"{metric} (clipped ▲▼)" if clipped else metric,
+    bar = ColorBar(color_mapper=mapper, width=12, title=f"{metric} (clipped ▲▼)" if beyond else metric,
                    ticker=BasicTicker())
     if scale == (0.0, 1.0):
         bar.ticker, bar.formatter = FixedTicker(ticks=[i / 5 for i in range(6)]), PrintfTickFormatter(format="%.1f")
@@ -166,12 +190,12 @@ def _panel(heatmap: Heatmap, values: np.ndarray, labels: list[str], scale: tuple
 
 def figure_item(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: str,
                 palette: str = "yellow-brown", layer_label: str = "Layer",
-                clip: tuple[float, float] | None = None) -> dict:
+                clip: tuple[float, float] | None = None, mark_below: bool = True) -> dict:
     """The Bokeh figure as a `json_item`, to embed with `Bokeh.embed.embed_item`; `clip`, a robust colour
-    range (the cells beyond it are marked)."""
+    range (the cells beyond it are marked: those below it only if `mark_below`)."""
     scale = clip or _scale(values, normalize, palette)
     return _json_item(_panel(heatmap, values, labels, scale, palette, layer_label, normalize != "none",
-                             clipped=clip is not None))
+                             clipped=clip is not None, mark_below=mark_below))
 
 
 def compare_item(sides: list[tuple[Heatmap, np.ndarray, list[str]]], titles: list[str],
@@ -305,7 +329,9 @@ class Renderer:
                data_url: str | None = None) -> str:
         """A numbered, linkable figure: the Bokeh payload, caption, metric definition, data links, summary."""
         clip = (findings.clip["low"], findings.clip["high"]) if findings.clip else None
-        item = figure_item(heatmap, values, labels, spec.normalize, spec.palette, spec.layer_label, clip)
+        traced = None if clip else reference_scale(heatmap, spec.normalize)  # (below the corrupted run: lightest)
+        item = figure_item(heatmap, values, labels, spec.normalize, spec.palette, spec.layer_label, clip or traced,
+                           mark_below=traced is None)
         metric = METRICS.get(heatmap.metric)
         return self.env.get_template("heatmap.html").render(
             number=number,

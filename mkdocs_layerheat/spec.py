@@ -11,7 +11,10 @@ from typing import Any
 
 import yaml
 
-from .catalog import AGGREGATES, COLOR_RANGES, DEFAULT_MAX_TOKENS, METRICS, NORMALIZATIONS, PALETTES, MetricRequest
+from .catalog import (
+    AGGREGATES, COLOR_RANGES, DEFAULT_MAX_TOKENS, INTERVENTION_OPTIONS, METRICS, NORMALIZATIONS, PALETTES, RESTORES,
+    MetricRequest,
+)
 
 
 
@@ -44,6 +47,14 @@ class HeatmapSpec:
     embeddings: bool = False
     chat: bool = False
     generate: int = 0
+    subject: str | None = None
+    answer: str | None = None
+    samples: int = 10
+    noise: float = 3.0
+    seed: int = 1
+    restore: str = "hidden"
+    window: int = 10
+    corrupt: str | None = None
     compare: HeatmapSpec | None = None  # the second heatmap of a side-by-side block (another model or text)
     panels: tuple[HeatmapSpec, ...] = ()  # `metric: [a, b, ...]`: the other metrics' panels, on this text
 
@@ -57,9 +68,7 @@ class HeatmapSpec:
 
     def request(self) -> MetricRequest:
         """The metric and its options, as extraction takes them."""
-        return MetricRequest(
-            self.metric, self.query, self.target, self.heads, self.aggregate, self.layers, self.embeddings
-        )
+        return MetricRequest(**{f.name: getattr(self, f.name) for f in dataclasses.fields(MetricRequest)})
 
     def key_options(self) -> dict[str, Any]:
         """Every option besides model, text and metric that changes the numbers, where it differs from its default."""
@@ -75,6 +84,7 @@ _KEYS = (
     "model", "text", "text_file", "metric", "normalize", "title", "caption", "palette", "color_range",
     "layer_label", "max_tokens",
     "query", "target", "heads", "aggregate", "layers", "embeddings", "chat", "generate", "compare",
+    *sorted(INTERVENTION_OPTIONS),
 )
 _COMPARE_KEYS = ("model", "text", "text_file")  # what the second heatmap of a `compare:` block may change
 _SITE_KEYS = ("device", "dtype", "device_map", "trust_remote_code")  # mkdocs.yml only, never a page
@@ -143,7 +153,7 @@ def parse_spec(body: str, docs_dir: str | Path | None = None) -> HeatmapSpec:
 
 
 MAX_PANELS = 4
-_PANEL_OPTIONS = ("query", "target", "heads", "aggregate", "embeddings")  # keys that apply to some metrics only
+_PANEL_OPTIONS = ("query", "target", "heads", "aggregate", "embeddings", *sorted(INTERVENTION_OPTIONS))  # some only
 
 
 def _panels(data: dict, lines: dict[str, int], docs_dir: str | Path | None) -> HeatmapSpec:
@@ -226,7 +236,8 @@ def _from_data(data: dict, lines: dict[str, int], docs_dir: str | Path | None) -
                             lines.get(key))
         return value
 
-    normalize = choice("normalize", "global", NORMALIZATIONS)
+    # an intervention's values are probabilities or shares of a logit difference: shown as they are
+    normalize = choice("normalize", "none" if METRICS[metric].site == "intervention" else "global", NORMALIZATIONS)
     palette = choice("palette", "yellow-brown", PALETTES)
     color_range = choice("color_range", "full", COLOR_RANGES)
     max_tokens = data.get("max_tokens", DEFAULT_MAX_TOKENS)
@@ -261,7 +272,7 @@ def _from_data(data: dict, lines: dict[str, int], docs_dir: str | Path | None) -
 def _metric_options(data: dict, lines: dict[str, int], metric: str) -> dict[str, Any]:
     """query, target, heads, aggregate, layers, embeddings, chat and generate: validated against the metric."""
     info = METRICS[metric]
-    for key in ("query", "target", "heads", "aggregate"):
+    for key in ("query", "target", "heads", "aggregate", *sorted(INTERVENTION_OPTIONS)):
         if key in data and key not in info.options:
             users = [m.name for m in METRICS.values() if key in m.options]
             raise SpecError(
@@ -286,11 +297,46 @@ def _metric_options(data: dict, lines: dict[str, int], metric: str) -> dict[str,
 
     if "query" in data:
         out["query"] = integer("query")
+    def text(key: str, what: str) -> str:
+        value = data[key]
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool) or str(value) == "":
+            raise SpecError(f"'{key}' must be a non-empty string ({what})", lines.get(key))
+        return str(value)
+
+    def number(key: str) -> float:
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise SpecError(f"'{key}' must be a positive number", lines.get(key))
+        return float(value)
+
     if "target" in data:
-        target = data["target"]
-        if not isinstance(target, (str, int, float)) or isinstance(target, bool) or str(target) == "":
-            raise SpecError("'target' must be a non-empty string (one token, e.g. \" Paris\")", lines.get("target"))
-        out["target"] = str(target)
+        out["target"] = text("target", 'one token, e.g. " Paris"')
+    for key, what in (("subject", "a part of the text, e.g. The Eiffel Tower"), ("answer", 'one token, e.g. " Paris"'),
+                      ("corrupt", "a second text of the same token length")):
+        if key in data:
+            out[key] = text(key, what)
+    for key in ("samples", "window"):
+        if key in data:
+            out[key] = integer(key, minimum=1)
+    if "seed" in data:
+        out["seed"] = integer("seed", minimum=0)
+    if "noise" in data:
+        out["noise"] = number("noise")
+    if "restore" in data:
+        if data["restore"] not in RESTORES:
+            raise SpecError(f"unknown restore {data['restore']!r}{_did_you_mean(data['restore'], RESTORES)} "
+                            f"(one of: {', '.join(RESTORES)})", lines.get("restore"))
+        out["restore"] = data["restore"]
+    if "window" in out and out.get("restore", "hidden") == "hidden":
+        raise SpecError("'window' applies to 'restore: mlp' or 'restore: attn' (a block's output is restored alone)",
+                        lines.get("window"))
+    if metric == "causal-trace" and "subject" not in out:
+        raise SpecError("metric 'causal-trace' needs 'subject': the part of the text whose tokens are corrupted")
+    if metric == "activation-patching" and "corrupt" not in out:
+        raise SpecError("metric 'activation-patching' needs 'corrupt': a second text of the same token length")
+    if info.site == "intervention" and data.get("generate"):
+        raise SpecError(f"'generate' does not apply to metric '{metric}': it reads the text's own last token",
+                        lines.get("generate"))
     if "heads" in data:
         out["heads"] = _numbers(data["heads"], "heads", lines.get("heads"), minimum=0)
     if "aggregate" in data:

@@ -51,7 +51,9 @@ def quiet(func, *args, **kwargs):
 METRIC_OF = {"attention received:": "attention", "attention from one query:": "attention-from",
              "attention entropy:": "attention-entropy", "hidden-state norm:": "hidden-norm", "update:": "update",
              "attention-sublayer norm:": "attn-norm", "MLP-sublayer norm:": "mlp-norm", "logit lens:": "logit-lens",
-             "logit-lens rank:": "logit-lens-rank"}
+             "logit-lens rank:": "logit-lens-rank", "causal trace": "causal-trace",
+             "patching effect": "activation-patching"}
+TRACES = ("causal-trace", "activation-patching")
 MASSIVE = ("hidden-norm", "attn-norm", "mlp-norm")
 LENSES = ("logit-lens", "logit-lens-rank")
 
@@ -150,13 +152,27 @@ def massive_cells(raw: np.ndarray, single_layer: bool) -> dict[int, dict]:
     return out
 
 
+class _Merged:
+    """A match whose alternatives name their groups `x`, `x2`, `x3`: `group("x")` is whichever matched."""
+
+    def __init__(self, m):
+        self.m = m
+
+    def group(self, key):
+        d = self.m.groupdict()
+        return d.get(key) or d.get(key + "2") or d.get(key + "3")
+
+
 class Reader:
     """The facts a reader can recompute from the matrix, and the checks of each kind of sentence."""
 
     def __init__(self, text: str, values: np.ndarray, layers: list[int], labels: list[str], raw: np.ndarray,
                  special: list[bool] | None = None, kinds: list[str] | None = None, model: str | None = None,
-                 metric: str | None = None, causal: bool = True):
+                 metric: str | None = None, causal: bool = True, trace: dict | None = None,
+                 options: dict | None = None):
         self.text = text
+        self.trace, self.options = trace or {}, {"samples": 10, "noise": 3.0, "seed": 1, "restore": "hidden",
+                                                 "window": 10, **(options or {})}
         self.figure = np.asarray(values, dtype=np.float64)
         self.layers = list(layers)
         self.labels = list(labels)
@@ -176,6 +192,9 @@ class Reader:
         for cells in list(self.sinks.values()) + sink_tails(self.raw, self.edge, self.sinks) + [
                 m["aside"] for m in self.massive.values()]:
             aside[cells] = True
+        self.sites = self._sites() if self.metric in TRACES else {}
+        for rows, t in self.sites.values():
+            aside[rows, t] = True
         aside[:, aside.sum(axis=0) > self.n_layers / 2] = True  # mostly explained: the whole token is left out
         self.aside = aside & ~np.isnan(self.figure)
         self.v = self.figure.copy()
@@ -194,6 +213,8 @@ class Reader:
             self.kept = self.valid.any(axis=0) | True
         rest = self.v[:, self.kept]
         self.lo, self.hi = float(np.nanmin(rest)), float(np.nanmax(rest))
+        if self.metric in TRACES and self.reference() and "Values are shown as computed" in text:
+            self.lo, self.hi = sorted(self.reference()[:2])  # an intervention: read on the way from one run to the other
         self.span = self.hi - self.lo
         self.u = (self.v - self.lo) / self.span if self.span > 0 else np.where(self.valid, 0.0, np.nan)
         self.median = quiet(np.nanmedian, rest, axis=1)  # per layer, analysed tokens
@@ -268,6 +289,209 @@ class Reader:
 
     def tokens(self, refs: str) -> list[int]:
         return [i for m in re.finditer(TOK, refs) for i in self.token(m.group(0))]
+
+    # -- interventions ---------------------------------------------------------------------------------
+
+    def reference(self) -> tuple[float, float, int, int] | None:
+        """The corrupted run's value, the clean run's, the first and last corrupted token."""
+        t = self.trace
+        if self.metric == "causal-trace" and "p_clean" in t:
+            return t["p_noisy"], t["p_clean"], t["subject"][0], t["subject"][1] - 1
+        if self.metric == "activation-patching" and t.get("differs"):
+            return 0.0, 1.0, t["differs"][0], t["differs"][-1]
+        return None
+
+    def recovered(self) -> np.ndarray:
+        low, high, _, _ = self.reference()
+        return (self.raw - low) / (high - low)
+
+    def sought(self) -> bool:
+        low, high, _, _ = self.reference()
+        return self.metric != "causal-trace" or high - low >= high / 2
+
+    def _sites(self) -> dict[str, tuple[list[int], int]]:
+        """ROME's sites by the documented rule: half of what the corruption took, recovered."""
+        if self.reference() is None or not self.sought():
+            return {}
+        rec, out = np.nan_to_num(self.recovered()), {}
+        _, high, _, last_subject = self.reference()
+        last = self.n_tokens - 1
+        if last_subject != last:
+            rows = [r for r in range(self.n_layers) if rec[r, last_subject] >= 0.5]
+            if rows:
+                out["early"] = (rows, last_subject)
+        trivial = self.raw[-1, -1] == np.float32(high)  # the last token's last state restored: the clean output
+        rows = [r for r in range(self.n_layers - (1 if trivial else 0)) if rec[r, last] >= 0.5]
+        if rows:  # the highest run of them (up to the top when it reaches the trivial last layer)
+            start = rows[-1]
+            while start - 1 in rows:
+                start -= 1
+            top = rows[-1] + 1 if trivial and rows[-1] == self.n_layers - 2 else rows[-1]
+            out["late"] = (list(range(start, top + 1)), last)
+        return out
+
+    def check_trace(self, eat) -> None:
+        from mkdocs_layerheat.labels import display_labels  # (how an answer is named, not what it is)
+
+        low, high, first, last_subject = self.reference()
+        t, o, last = self.trace, self.options, self.n_tokens - 1
+        what = "subject" if self.metric == "causal-trace" else "differing"
+
+        def name(ref: str, expected: str) -> None:
+            self.expect(re.match(CODE_PARTS, ref).group(2) == display_labels([expected])[0], f"{ref} names {expected!r}")
+
+        def setup(m):
+            self.expect(self.token(m.group("a"))[:1] == [first], "first subject token")
+            self.expect(self.token(m.group("b") or m.group("a"))[:1] == [last_subject], "last subject token")
+            self.expect(int(m.group("n")) == o["samples"] and close(m.group("noise"), o["noise"])
+                        and int(m.group("seed")) == o["seed"], "noise options")
+            restored = m.group("what")
+            if o["restore"] == "hidden":
+                self.expect(restored == "the output of block l", "restored")
+            else:
+                w = o["window"]
+                self.expect(restored == f"the {'MLP' if o['restore'] == 'mlp' else 'attention'} outputs of {w} blocks "
+                            f"around l (l − {w // 2} to l + {w - w // 2 - 1}, within the model)", "restored window")
+        eat(rf"The subject, (?P<a>{TOK})(?: to (?P<b>{TOK}))? \(marked \*\), is noised in (?P<n>\d+) copies \(noise "
+            rf"(?P<noise>{NUM}) times the standard deviation of the input embeddings, seed (?P<seed>\d+)\); restored: "
+            r"(?P<what>the output of block l|the (?:MLP|attention) outputs of \d+ blocks around l \(l − \d+ to l \+ \d+, "
+            r"within the model\))\.", setup)
+
+        def answer(m):
+            name(m.group(1), t["answer"])
+            self.expect(close(m.group(2), high) and close(m.group(3), low), "clean and noised probabilities")
+        eat(rf"The answer is ({CODE}), with a probability of ({NUM}) on the clean text and ({NUM}) with the subject noised\.",
+            answer)
+
+        def differs(m):
+            stated = re.findall(rf"({TOK}) → ({CODE})", m.group("items"))
+            self.expect([self.token(a)[:1] for a, _ in stated] == [[i] for i in t["differs"][:4]], "differing tokens")
+            for (_, b), i in zip(stated, t["differs"]):
+                name(b, t["corrupt_tokens"][i])
+            self.expect(int(m.group("more") or 0) == max(0, len(t["differs"]) - 4), "more differing tokens")
+        eat(rf"The corrupted text differs at (?P<items>(?:{TOK} → {CODE}(?:, )?)+)(?: and (?P<more>\d+) more tokens)?\.",
+            differs)
+
+        def answers(m):
+            name(m.group(1), t["answer"]), name(m.group(2), t["corrupt_answer"])
+            name(m.group(3), t["answer"]), name(m.group(4), t["corrupt_answer"])
+            self.expect(close(m.group(5), t["ld_clean"]) and close(m.group(6), t["ld_corrupt"]), "logit differences")
+        eat(rf"The answer is ({CODE}) on the clean text and ({CODE}) on the corrupted one; the logit difference \(({CODE}) "
+            rf"minus ({CODE})\) is ({NUM}) on the clean run and ({NUM}) on the corrupted one\.", answers)
+
+        def colours(m):
+            self.expect(close(m.group(1), low) and close(m.group(2), high), "colour range")
+            self.expect(int(m.group(3) or 0) == int((self.raw > max(low, high)).sum()), "cells above the range")
+        eat(rf"; the colours run from the corrupted run's value, ({NUM}), to the clean run's, ({NUM})"
+            r"(?: \((\d+) cells? lies? above it, marked ▲\))?\.", colours)
+        if re.search(r"the colours run from the corrupted run's value", self.text) is None:
+            self.fail("the colour range of the intervention is not said")
+
+        rec = np.nan_to_num(self.recovered())
+
+        def spans(rows):
+            out, start = [], None
+            for i, r in enumerate(rows):
+                if start is None:
+                    start = r
+                if i + 1 == len(rows) or rows[i + 1] != r + 1:
+                    out.append((self.layers[start], self.layers[r]))
+                    start = None
+            return out
+
+        def stated(text):
+            return [(int(a), int(b or a)) for a, b in re.findall(r"(\d+)(?:–(\d+))?", text)]
+
+        def early(m):
+            self.expect(self.token(m.group(1))[:1] == [last_subject] and "early" in self.sites, "early site")
+            rows, _ = self.sites.get("early", ([], 0))
+            self.expect(stated(m.group("spans")) == spans(rows), "early site layers")
+            peak = int(np.argmax(np.nan_to_num(self.raw[:, last_subject], nan=-np.inf)))
+            self.expect(self.row(m.group("at")) == peak and close(m.group("v"), self.raw[peak, last_subject]), "early peak")
+            self.expect(abs(int(m.group("share")) - 100 * rec[peak, last_subject]) < 1, "early share")
+        eat(rf"\*Early site\*: restoring the last {what} token, ({TOK}), recovers at least half of what the corruption took "
+            rf"at (?P<spans>{SPANS}), most at layer (?P<at>\d+) \((?P<v>{NUM}), (?P<share>\d+)% of the way\)\.", early)
+
+        def no_early(m):
+            self.expect(self.token(m.group(1))[:1] == [last_subject] and "early" not in self.sites and self.sought(), "no early site")
+            peak = int(np.argmax(np.nan_to_num(self.raw[:, last_subject], nan=-np.inf)))
+            self.expect(close(m.group(2), self.raw[peak, last_subject]) and self.row(m.group(3)) == peak, "its best")
+        eat(rf"Restoring the last {what} token, ({TOK}), never recovers half of what the corruption took \(at most ({NUM}), "
+            r"at layer (\d+)\): there is no early site\.", no_early)
+
+        def strongest(m):
+            block = np.nan_to_num(self.raw[:, first:last_subject + 1], nan=-np.inf)
+            r, c = np.unravel_index(int(np.argmax(block)), block.shape)
+            self.expect(self.token(m.group(1))[:1] == [first + c] and first + c != last_subject, "strongest subject token")
+            self.expect(close(m.group(2), block[r, c]) and self.row(m.group(3)) == r, "its value")
+        eat(rf"Among the {what} tokens, restoring ({TOK}) recovers most: ({NUM}) at layer (\d+)\.", strongest)
+
+        trivial = self.raw[-1, -1] == np.float32(high)
+
+        def late(m):
+            rows, _ = self.sites.get("late", ([], 0))
+            self.expect(self.token(m.group(1))[:1] == [last] and bool(rows), "late site")
+            if rows:
+                a = self.row(m.group("a") or m.group("a2"))
+                b = self.n_layers - 1 if m.group("a") else self.row(m.group("b") or m.group("a2"))
+                self.expect((a, b) == (rows[0], rows[-1]), "late site layers")
+                self.expect(self.row(m.group("at")) == rows[0] and close(m.group("v"), self.raw[rows[0], last]), "late start")
+            self.expect(close(m.group("w"), self.raw[-1, last]) and self.row(m.group("top")) == self.n_layers - 1, "late end")
+        eat(rf"\*Late site\*: restoring the last token, ({TOK}), recovers at least half (?:from layer (?P<a>\d+) on|at layers? "
+            rf"(?P<a2>\d+)(?:–(?P<b>\d+))?) \((?P<v>{NUM}) at layer (?P<at>\d+), (?P<w>{NUM}) at layer (?P<top>\d+)\)\.", late)
+
+        def no_late(m):
+            self.expect(self.token(m.group(1))[:1] == [last] and "late" not in self.sites and self.sought(), "no late site")
+            self.expect(bool(m.group(2)) == bool(trivial), "why there is no late site")
+            below = np.nan_to_num(self.raw[:-1 if trivial else None, last], nan=-np.inf)
+            r = int(np.argmax(below))
+            self.expect(close(m.group(3), below[r]) and self.row(m.group(4)) == r, "the last token's best")
+        eat(rf"Restoring the last token, ({TOK}), (?:(recovers half only at the last layer, whose output it then is) \(below it, "
+            rf"at most|never recovers half of what the corruption took \(at most) ({NUM}), at layer (\d+)\): there is no late "
+            r"site\.", no_late)
+
+        def weak(m):
+            self.expect(not self.sought() and close(m.group(1), low) and close(m.group(2), high), "little taken away")
+        eat(rf"The noise takes little away: the answer keeps ({NUM}) of its ({NUM})", weak)
+
+        eat(rf"The subject includes the first token, ({TOK}):", lambda m: self.expect(first == 0, "first token"))
+        if self.metric == "causal-trace" and first == 0:
+            self.expect("The subject includes the first token" in self.text, "the first-token warning is missing")
+        has = {k for k in ("early", "late") if k in self.sites}
+        eat(rf"held at ({TOK}) in the lower and middle layers", lambda m: self.expect(
+            has == {"early", "late"} and self.token(m.group(1))[:1] == [last_subject], "both sites"))
+        eat(r"Only the upper layers of the last token carry what the corruption took", lambda m: self.expect(
+            has == {"late"}, "only the late site"))
+        eat(rf"The answer depends on ({TOK}), but no restore at the last token recovers it", lambda m: self.expect(
+            has == {"early"} and self.token(m.group(1))[:1] == [last_subject], "only the early site"))
+        eat(r"that MLP outputs recover it at the early site", lambda m: self.expect(
+            "early" in has and o["restore"] == "mlp", "MLP early site"))
+        eat(r"that attention outputs recover it at the late site", lambda m: self.expect(
+            "late" in has and o["restore"] == "attn", "attention late site"))
+        eat(r"What follows leaves the (\d+) cells of the sites out", lambda m: self.expect(
+            int(m.group(1)) == int(self.aside.sum()), "site cells"))
+
+        def lead(m):
+            kind = m.group("kind")
+            has = {k for k in ("early", "late") if k in self.sites}
+            self.expect(has == {"Both": {"early", "late"}, "late": {"late"}, "early": {"early"}}[kind], f"lead: {kind}")
+            if m.group("es"):
+                self.expect(stated(m.group("es")) == spans(self.sites["early"][0]), "lead early layers")
+            if m.group("ls"):
+                rows = self.sites["late"][0]
+                late_text = m.group("ls")
+                if late_text.startswith("from"):
+                    self.expect(self.row(re.search(r"\d+", late_text).group(0)) == rows[0] and rows[-1] == self.n_layers - 1, "lead late layers")
+                else:
+                    self.expect(stated(late_text) == spans(rows), "lead late layers")
+        late_at = r"(?:from layer \d+ on|at layers? \d+(?:–\d+)?)"
+        eat(rf"(?:(?P<kind>Both) of ROME's sites show: the last {what} token at (?P<es>{SPANS}) and the last token "
+            rf"(?P<ls>{late_at})\.|Only the (?P<kind2>late) site shows: restoring the last token recovers the answer "
+            rf"(?P<ls2>{late_at}), restoring the last {what} token never does\.|Only the (?P<kind3>early) site shows: restoring "
+            rf"the last {what} token recovers the answer at (?P<es3>{SPANS})\.)",
+            lambda m: lead(_Merged(m)))
+        eat(rf"No single restore recovers half of what the corruption took at the last token or the last {what} token",
+            lambda m: self.expect(not self.sites and self.sought(), "no site"))
 
     def _set_aside(self) -> list[int]:
         m = re.search(rf"Below, ((?:{TOK}(?:, | and )?)+) (?:is|are) left out", self.text)
@@ -415,7 +639,7 @@ class Reader:
             self.expect(self.model is None or ref.endswith(name) or ref.endswith(name + ".gguf"), f"model {name!r}")
         eat(rf" of ({CODE})(?= \(y axis|\.)", model)
         eat(r"Tokens are named as current → predicted: [^\n]*", lambda m: None)
-        eat(r"\b(?:Xiao|Gu|Sun|Belrose|Meng) et al\. \d{4}|nostalgebraist \d{4}", lambda m: None)
+        eat(r"\b(?:Xiao|Gu|Sun|Belrose|Meng|Geva) et al\. \d{4}|nostalgebraist \d{4}", lambda m: None)
         eat(r"`(?:hidden-norm|attention)` figure of the same text", lambda m: None)
         eat(r"The single token of the text", lambda m: self.expect(self.n_tokens == 1, "single token"))
 
@@ -891,6 +1115,10 @@ class Reader:
             r"(?:; (?P<more>\d+) more falls? by 0\.3 or more)?\.$", late_drops, re.M)
         eat(r"(?:Single cells|The cells) that stand out most from their layer: (?P<items>.*?)(?:, and (?P<more>\d+) more tokens?)?\.$", shown, re.M)
 
+        # interventions: what was corrupted and restored, the two runs' values, ROME's sites
+        if self.metric in TRACES and self.reference() is not None:
+            self.check_trace(eat)
+
         # interpretation: what it names must be what the phenomena found
         eat(r"A first-token sink is where causal models", lambda m: self.expect(0 in self.sinks, "first-token sink"))
         eat(rf"((?:{TOK}(?:, | and )?)+) (?:is a sink|are sinks) away from the first position", lambda m: self.expect(
@@ -907,9 +1135,11 @@ class Reader:
 
 
 def check_summary(text: str, values, layers, labels, raw=None, special=None, kinds=None, model=None,
-                  metric=None, causal=True) -> int:
-    """Assert that every claim of `text` holds for `values`; return how many facts were checked."""
-    reader = Reader(text, values, layers, labels, values if raw is None else raw, special, kinds, model, metric, causal)
+                  metric=None, causal=True, trace=None, options=None) -> int:
+    """Assert that every claim of `text` holds for `values`; return how many facts were checked. `trace` and
+    `options`: an intervention's reference values and its options (samples, noise, seed, restore, window)."""
+    reader = Reader(text, values, layers, labels, values if raw is None else raw, special, kinds, model, metric, causal,
+                    trace, options)
     problems = reader.check()
     assert not problems, "the summary says what the numbers do not show:\n- " + "\n- ".join(problems) + "\n\n" + text
     return reader.checked

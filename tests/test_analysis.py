@@ -446,11 +446,11 @@ def test_observations_are_ranked_sentences():
 @pytest.fixture(scope="module")
 def demo_heatmaps(demo_model):
     from mkdocs_layerheat.extract import extract
-    from mkdocs_layerheat.catalog import METRICS
+    from mkdocs_layerheat.catalog import ONE_PASS
 
     text = "A and B = 8 + 5 = 13. The correct choice is (D) 13. The final answer is \\boxed{(D)}"
     # the text inside the chat template, with a few generated tokens: every kind of token
-    return extract(demo_model, text, list(METRICS), chat=True, generate=6)
+    return extract(demo_model, text, list(ONE_PASS), chat=True, generate=6)
 
 
 @pytest.mark.parametrize("normalize", ["none", "global", "layer", "token"])

@@ -24,7 +24,7 @@ from test_metrics import (
 from transformers import AutoModelForCausalLM
 
 from mkdocs_layerheat.extract import extract
-from mkdocs_layerheat.catalog import METRICS, MetricRequest
+from mkdocs_layerheat.catalog import ONE_PASS, MetricRequest
 
 TEXT = "A and B = 8 + 5 = 13. The final answer is \\boxed{(D)}"
 
@@ -46,7 +46,7 @@ def demo_reference():
 
 def test_demo_model_every_metric_matches_reference(demo_model, demo_reference):
     """All metrics, with options, in one pass of the real 30-layer model, against the loop-form references."""
-    requests = [MetricRequest(m) for m in METRICS] + [
+    requests = [MetricRequest(m) for m in ONE_PASS] + [
         MetricRequest("attention-from", query=7, heads=(0, 4, 8), aggregate="max"),
         MetricRequest("attention", heads=(2,)),
         MetricRequest("hidden-norm", embeddings=True, layers=(1, 15, 30)),
@@ -72,11 +72,11 @@ def test_demo_model_every_metric_matches_reference(demo_model, demo_reference):
         assert_nan_rel_close(by[MetricRequest(metric)], np.asarray(expected), what=f"demo {metric}")
     assert_ranks(by[MetricRequest("logit-lens-rank")], ranks, low, high, what="demo logit-lens-rank")
     assert_nan_rel_close(
-        by[requests[len(METRICS)]], reference_attention_from(attentions, 7, True, (0, 4, 8), "max"), what="demo from 7"
+        by[requests[len(ONE_PASS)]], reference_attention_from(attentions, 7, True, (0, 4, 8), "max"), what="demo from 7"
     )
-    assert_rel_close(by[requests[len(METRICS) + 1]], reference_attention_received(attentions, True, (2,)), what="head 2")
+    assert_rel_close(by[requests[len(ONE_PASS) + 1]], reference_attention_received(attentions, True, (2,)), what="head 2")
     norms = np.stack([np.linalg.norm(h, axis=-1) for h in hidden])
-    assert_rel_close(by[requests[len(METRICS) + 2]], norms[[0, 1, 15, 30]], what="demo rows")
+    assert_rel_close(by[requests[len(ONE_PASS) + 2]], norms[[0, 1, 15, 30]], what="demo rows")
     target = demo_model.tokenizer(" answer", add_special_tokens=False)["input_ids"]
     assert len(target) == 1
     target_probs, _, _, _ = reference_lens("llama", demo_reference, ids, hidden, target_id=target[0])

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from mkdocs_layerheat import spec as specs
 from mkdocs_layerheat.directives import find_blocks
-from mkdocs_layerheat.catalog import AGGREGATES, METRICS, NORMALIZATIONS
+from mkdocs_layerheat.catalog import AGGREGATES, NORMALIZATIONS, ONE_PASS
 from mkdocs_layerheat.spec import HeatmapSpec, SpecError, parse_spec
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -39,7 +39,7 @@ VALUES = {
     "model": mostly(st.sampled_from(["m", "tiny", "owner/name@main", "./x"])),
     "text": mostly(st.text(min_size=1, max_size=40)),
     "text_file": mostly(TEXT_FILES),
-    "metric": mostly(st.sampled_from(list(METRICS))),
+    "metric": mostly(st.sampled_from(list(ONE_PASS))),
     "normalize": mostly(st.sampled_from(list(NORMALIZATIONS))),
     "palette": mostly(st.sampled_from(list(specs.PALETTES))),
     "title": mostly(st.text(max_size=20)),
