@@ -415,7 +415,7 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
     labels = [str(x) for x in labels]
     causal = bool(heatmap.provenance.get("causal", True))
     phenomena = detect(heatmap.metric, heatmap.values if raw_known else None, figure.shape, layers, causal,
-                       heatmap.trace)
+                       heatmap.extras)
     v, aside_cells, rescaled = _analysed(heatmap, figure, phenomena, normalize, raw_known)
     valid = ~np.isnan(v)
     if not valid.any():
@@ -441,7 +441,7 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
     kept &= valid.any(axis=0)  # a token whose every cell is explained by a phenomenon takes no part
     rest = v[:, kept] if kept.any() else v
     scale_low, scale_high = float(np.nanmin(rest)), float(np.nanmax(rest))
-    found = reference(heatmap.metric, heatmap.trace) if raw_known and normalize == "none" else None
+    found = reference(heatmap.metric, heatmap.extras) if raw_known and normalize == "none" else None
     if found and found[0] != found[1]:  # an intervention's scale: from the corrupted run's value to the clean run's
         scale_low, scale_high = sorted(found[:2])
     span = scale_high - scale_low
@@ -538,7 +538,8 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
         anomalies.append(Anomaly("dominant", [t], labels[t], token_kinds[t] in ("special", "template"),
                                  float(token_means[t]), others, top_layers=top, token_kind=token_kinds[t]))
     kept_idx = np.flatnonzero(kept & has_value)
-    if len(kept_idx) >= 6 and n_layers >= 3 and not constant:
+    # (a trace's columns are read against its two runs: what a restore recovers, not how a profile looks)
+    if len(kept_idx) >= 6 and n_layers >= 3 and not constant and heatmap.metric not in TRACES:
         profiles = np.nan_to_num(np.where(valid[:, kept_idx], u[:, kept_idx], median_u[:, None]))
         typical_profile = np.nan_to_num(median_u)[:, None]
         distance = np.sqrt(np.mean((profiles - typical_profile) ** 2, axis=0))
@@ -679,7 +680,8 @@ def _observations(f: Findings, heatmap: Heatmap) -> list[Observation]:
     for kind in ("attention-sink", "massive-activation"):
         if f.of(kind):
             out.append(Observation(kind, 1.0, {"items": f.of(kind)}))
-    if f.metric in TRACES and reference(f.metric, heatmap.trace) and sought(f.metric, *reference(f.metric, heatmap.trace)[:2]):
+    traced = f.metric in TRACES and reference(f.metric, heatmap.extras) is not None
+    if traced:
         out.append(Observation("sites", 1.0, {}))
     if f.metric in LENSES and not f.constant:
         out.append(Observation("convergence", 1.0, {}))
@@ -688,9 +690,9 @@ def _observations(f: Findings, heatmap: Heatmap) -> list[Observation]:
     if f.constant:
         out.append(Observation("flat", 0.95, {"value": f.low}))
         return out[:MAX_OBSERVATIONS]
-    if len(f.bands) >= 2:
+    if len(f.bands) >= 2 and not traced:  # (a trace's reading is its sites, not its bands)
         out.append(Observation("structure", 0.9, {"bands": f.bands, "onset": f.onset}))
-    if f.trend:
+    if f.trend and not traced:
         out.append(Observation("trend", 0.85, dict(f.trend)))
     anomalous = {i for a in f.anomalies for i in a.indices}
     spikes = [h for h in f.highlights if h.index not in anomalous]

@@ -117,6 +117,26 @@ METRICS: dict[str, Metric] = {
             embeddings=True,
         ),
         Metric(
+            name="lens-entropy",
+            label="lens entropy (nats)",
+            definition=(
+                "lens entropy: the entropy, in nats, of the next-token distribution that the model's final norm and "
+                "unembedding give when applied to the hidden state after block l (low: the lens is sure of one token)"
+            ),
+            site="lens",
+            embeddings=True,
+        ),
+        Metric(
+            name="lens-kl",
+            label="KL to the output (nats)",
+            definition=(
+                "lens KL divergence: KL(p_final ‖ p_l), in nats, from the model's own next-token distribution to the "
+                "one the lens of layer l gives (0: the layer already predicts what the model will)"
+            ),
+            site="lens",
+            embeddings=True,
+        ),
+        Metric(
             name="causal-trace",
             label="p(answer)",
             definition=(

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .heatmap import NORMALIZATIONS
-from .catalog import AGGREGATES, COLOR_RANGES, DEFAULT_MAX_TOKENS, DTYPES, METRICS
+from .catalog import AGGREGATES, COLOR_RANGES, DEFAULT_MAX_TOKENS, DTYPES, METRICS, RESTORES
 
 
 @click.group()
@@ -30,6 +30,14 @@ def main() -> None:
 @click.option("--embeddings", is_flag=True, help="Add layer 0, the embedding output (hidden-norm, logit-lens).")
 @click.option("--chat", is_flag=True, help="Wrap the text as one user message with the model's chat template.")
 @click.option("--generate", type=click.IntRange(min=0), default=0, help="Append a greedy continuation of up to N tokens.")
+@click.option("--subject", help="causal-trace: the part of the text whose tokens are noised.")
+@click.option("--answer", help="causal-trace, activation-patching: the one-token answer (default: the greedy next token).")
+@click.option("--samples", type=click.IntRange(min=1), help="causal-trace: noised copies (default 10).")
+@click.option("--noise", type=float, help="causal-trace: noise scale in standard deviations of the embeddings (default 3).")
+@click.option("--seed", type=click.IntRange(min=0), help="causal-trace: seed of the noise (default 1).")
+@click.option("--restore", type=click.Choice(RESTORES), help="causal-trace: what is restored (default hidden).")
+@click.option("--window", type=click.IntRange(min=1), help="causal-trace with --restore mlp/attn: layers restored together (10).")
+@click.option("--corrupt", help="activation-patching: the corrupted text, of the same token length.")
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
 @click.option("--device-map", type=click.Choice(["auto"]), help="auto: spread the model over several devices.")
@@ -38,6 +46,7 @@ def main() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON here (default: stdout).")
 def extract(
     model, text, text_file, metric, normalize, query, target, heads, aggregate, layers, embeddings, chat, generate,
+    subject, answer, samples, noise, seed, restore, window, corrupt,
     device, dtype, device_map, trust_remote_code, max_tokens, output,
 ) -> None:
     """Run MODEL on a text and write the heatmap as JSON (values[layer][token], bottom layer first)."""
@@ -52,7 +61,9 @@ def extract(
     if text_file is not None:
         text = text_file.read_text(encoding="utf-8")
     body = {"model": model, "text": text, "metric": metric, "max_tokens": max_tokens}  # validated like a block
-    body.update((k, v) for k, v in [("query", query), ("target", target), ("heads", heads), ("layers", layers)] if v is not None)
+    given = {"query": query, "target": target, "heads": heads, "layers": layers, "subject": subject, "answer": answer,
+             "samples": samples, "noise": noise, "seed": seed, "restore": restore, "window": window, "corrupt": corrupt}
+    body.update((k, v) for k, v in given.items() if v is not None)
     body.update((k, v) for k, v in [("aggregate", aggregate), ("embeddings", embeddings)] if v not in ("mean", False))
     body.update(chat=chat, generate=generate)
     try:

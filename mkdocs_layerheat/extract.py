@@ -24,6 +24,8 @@ from . import interventions
 from .models import ATTENTION_OBSERVERS, LoadedModel, ModelError, first_line
 
 LENS_CHUNK_BYTES = 32 << 20  # logits of one chunk of tokens, [chunk, vocab] float32
+PREDICTED = ("logit-lens", "logit-lens-rank")  # lens metrics about one token (the next one, or the target)
+TOP_K = 5  # the lens's most probable tokens kept per cell of a PREDICTED metric (never the whole vocabulary)
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_TOKEN_BUDGET = 8192  # batch size x padded length
 
@@ -305,7 +307,9 @@ def extract_many(
             continue
         for b, (source, seq) in enumerate(zip(batch, seqs)):
             for index, request in todo[source]:
-                results[index] = _heatmap(loaded, seq, request, values[request][b])
+                cells, top = values[request][b]
+                results[index] = _heatmap(loaded, seq, request, cells)
+                results[index].extras.update(top)
     return results  # type: ignore[return-value]
 
 
@@ -323,7 +327,7 @@ def _intervene(loaded: LoadedModel, source: TextInput, seq: Sequence, request: M
     except ExtractionError as exc:
         return ExtractionError(f"corrupt: {exc}")
     heatmap = _heatmap(loaded, seq, request, values)
-    heatmap.trace = trace
+    heatmap.extras = trace
     return heatmap
 
 
@@ -439,6 +443,8 @@ class _Collector:
         self.stats: dict[int, AttentionStats] = {}
         self.sub: dict[int, dict[str, Any]] = defaultdict(lambda: {"norms": []})
         self.check_logits: Any = None
+        self.kept_hidden: dict[int, Any] = {}  # lens-kl: the real tokens' hidden states of its layers and the last
+        self.top: dict[MetricRequest, dict[int, Any]] = defaultdict(dict)  # PREDICTED: layer -> real tokens' top-k
         self.errors: list[Exception] = []
 
     # which requests have a row at a layer (0: the embeddings, 1..L: blocks)
@@ -581,18 +587,33 @@ class _Collector:
         import torch
 
         requests = self.at(layer, ("lens",))
+        valid = self.valid.to(hidden.device)
+        if any(r.metric == "lens-kl" for r in self.requests) and (
+                layer == self.loaded.num_layers or any(r.metric == "lens-kl" for r in requests)):
+            self.kept_hidden[layer] = hidden[valid]  # (the KL needs the last layer's distribution: at the end)
+        if layer == self.loaded.num_layers and self.kept_hidden:
+            self._lens_kl()
+        requests = [r for r in requests if r.metric != "lens-kl"]
         if not requests:
             return
-        valid = self.valid.to(hidden.device)
         flat = hidden[valid]  # [N, D], the real tokens only
-        targets = {r: self.lens_targets(r).to(hidden.device)[valid] for r in requests}
+        targets = {r: self.lens_targets(r).to(hidden.device)[valid] for r in requests if r.metric in PREDICTED}
         out = {r: torch.full((flat.shape[0],), float("nan")) for r in requests}
         vocab = self.loaded.model.get_output_embeddings().weight.shape[0]
         chunk = max(1, LENS_CHUNK_BYTES // (vocab * 4))
+        top_ids = torch.empty((flat.shape[0], TOP_K), dtype=torch.long)
+        top_p = torch.empty((flat.shape[0], TOP_K))
         for start in range(0, flat.shape[0], chunk):
             logits = self.loaded.final_logits(flat[start : start + chunk])
             log_z = logits.logsumexp(dim=-1)
+            best = logits.topk(min(TOP_K, logits.shape[-1]), dim=-1)
+            top_ids[start : start + chunk, : best.indices.shape[1]] = best.indices.cpu()
+            top_p[start : start + chunk, : best.indices.shape[1]] = (best.values - log_z[:, None]).exp().cpu()
             for request in requests:
+                if request.metric == "lens-entropy":
+                    logp = logits - log_z[:, None]
+                    out[request][start : start + chunk] = -(logp.exp() * logp).sum(dim=-1).cpu()
+                    continue
                 target = targets[request][start : start + chunk].to(logits.device)
                 has = target >= 0
                 chosen = logits.gather(1, target.clamp(min=0)[:, None])[:, 0]
@@ -602,9 +623,36 @@ class _Collector:
                     value = (logits > chosen[:, None]).sum(dim=-1).float() + 1
                 out[request][start : start + chunk] = value.masked_fill(~has, float("nan")).cpu()
         for request in requests:
-            full = torch.full(self.valid.shape, float("nan"))
-            full[self.valid] = out[request]
-            self.put(request, layer, full)
+            self._put_flat(request, layer, out[request])
+            if request.metric in PREDICTED:
+                self.top[request][layer] = (top_ids, top_p)
+
+    def _put_flat(self, request: MetricRequest, layer: int, values: Any) -> None:
+        """Values of the real tokens `[N]` into the request's row, NaN at the padding."""
+        import torch
+
+        full = torch.full(self.valid.shape, float("nan"))
+        full[self.valid] = values
+        self.put(request, layer, full)
+
+    def _lens_kl(self) -> None:
+        """KL(p_final || p_l) for every kept layer, chunk of positions by chunk: the final distribution is the
+        lens of the last block's output, which is the model's own (see `_check_lens`)."""
+        import torch
+
+        final = self.kept_hidden[self.loaded.num_layers]
+        vocab = self.loaded.model.get_output_embeddings().weight.shape[0]
+        chunk = max(1, LENS_CHUNK_BYTES // (vocab * 4))
+        requests = [r for r in self.requests if r.metric == "lens-kl"]
+        out = {(r, layer): torch.empty(final.shape[0]) for r in requests for layer in self.row[r]}
+        for start in range(0, final.shape[0], chunk):
+            p_log = self.loaded.final_logits(final[start : start + chunk]).double().log_softmax(dim=-1)
+            for (request, layer) in out:
+                q_log = self.loaded.final_logits(self.kept_hidden[layer][start : start + chunk]).double().log_softmax(dim=-1)
+                out[request, layer][start : start + chunk] = (p_log.exp() * (p_log - q_log)).sum(dim=-1).float().cpu()
+        for (request, layer), values in out.items():
+            self._put_flat(request, layer, values)
+        self.kept_hidden.clear()
 
 
 class _Observer:
@@ -652,10 +700,39 @@ def _run(loaded: LoadedModel, seqs: list[Sequence], requests: list[MetricRequest
         raise ExtractionError(f"metric cannot be computed: {collector.errors[0]}")
     if collector.check_logits is not None:
         _check_lens(loaded, collector, output)
-    out: dict[MetricRequest, list[np.ndarray]] = {}
+    out: dict[MetricRequest, list[tuple[np.ndarray, dict]]] = {}
     for request in requests:
         values = collector.values[request].numpy()
-        out[request] = [values[:, b, off : off + n] for b, (off, n) in enumerate(zip(collector.offsets, collector.lengths))]
+        tops = _top_tokens(loaded, collector, request)
+        out[request] = [(values[:, b, off : off + n], tops[b] if tops else {})
+                        for b, (off, n) in enumerate(zip(collector.offsets, collector.lengths))]
+    return out
+
+
+def _top_tokens(loaded: LoadedModel, collector: _Collector, request: MetricRequest) -> list[dict]:
+    """Per text of the batch, a PREDICTED request's `top_tokens` and `top_probs`, `[rows][tokens][TOP_K]`: the
+    lens's most probable next tokens at each cell, decoded (a text's real tokens are consecutive in the flat
+    order of the batch)."""
+    kept = collector.top.get(request)
+    if not kept:
+        return []
+    names: dict[int, str] = {}
+
+    def name(i: int) -> str:
+        if i not in names:
+            names[i] = loaded.tokenizer.decode([i], clean_up_tokenization_spaces=False)
+        return names[i]
+
+    rows = _rows(loaded, request)
+    out, start = [], 0
+    for n in collector.lengths:
+        tokens, probs = [], []
+        for layer in rows:
+            ids, p = kept[layer]
+            tokens.append([[name(int(i)) for i in ids[t]] for t in range(start, start + n)])
+            probs.append([[round(float(x), 6) for x in p[t]] for t in range(start, start + n)])
+        out.append({"top_tokens": tokens, "top_probs": probs})
+        start += n
     return out
 
 

@@ -11,12 +11,12 @@ import numpy as np
 
 from .catalog import NORMALIZATIONS  # noqa: F401  (re-exported)
 TOKEN_KINDS = ("text", "special", "template", "generated")
-# what an intervention's cells are read against (top-level keys of the JSON): causal-trace's answer (and its token
-# id), clean and
-# noised probabilities and subject tokens [first, one past the last]; activation-patching's two answers, two
-# logit differences, the corrupted text's tokens and where they differ
-TRACE_KEYS = ("answer", "answer_id", "p_clean", "p_noisy", "subject", "corrupt_answer", "ld_clean", "ld_corrupt",
-              "corrupt_tokens", "differs")
+# what some metrics carry besides their values (top-level keys of the JSON): what an intervention's cells are read
+# against (causal-trace's answer and its token id, clean and noised probabilities, subject tokens [first, one past
+# the last]; activation-patching's two answers, two logit differences, the corrupted text's tokens and where they
+# differ), and a logit lens's most probable tokens per cell with their probabilities ([rows][tokens][k])
+EXTRA_KEYS = ("answer", "answer_id", "p_clean", "p_noisy", "subject", "corrupt_answer", "ld_clean", "ld_corrupt",
+              "corrupt_tokens", "differs", "top_tokens", "top_probs")
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Heatmap:
     provenance: dict[str, Any] = field(default_factory=dict)
     kinds: list[str] = field(default_factory=list)
     token_bytes: list[str | None] = field(default_factory=list)
-    trace: dict[str, Any] = field(default_factory=dict)  # TRACE_KEYS, for the intervention metrics
+    extras: dict[str, Any] = field(default_factory=dict)  # EXTRA_KEYS: what some metrics carry besides values
 
     def __post_init__(self) -> None:
         self.values = np.asarray(self.values, dtype=np.float32)
@@ -79,7 +79,7 @@ class Heatmap:
             "layers": list(self.layers),
             "values": [[None if np.isnan(x) else float(x) for x in row] for row in values],
             "provenance": self.provenance,
-            **{k: self.trace[k] for k in TRACE_KEYS if k in self.trace},
+            **{k: self.extras[k] for k in EXTRA_KEYS if k in self.extras},
         }
 
     @classmethod
@@ -95,7 +95,7 @@ class Heatmap:
             kinds=list(data.get("kinds") or []),
             token_bytes=list(data.get("token_bytes") or []),
             provenance=dict(data.get("provenance") or {}),
-            trace={k: data[k] for k in TRACE_KEYS if k in data},
+            extras={k: data[k] for k in EXTRA_KEYS if k in data},
         )
 
     def to_json(self, normalize: str = "none") -> str:

@@ -21,6 +21,7 @@ from .compare import IDENTICAL, Difference
 from .joint import Link, links
 from .heatmap import Heatmap
 from .labels import display_labels
+from .render import OVERSHOOT
 from .catalog import METRICS, MetricRequest
 from .phenomena import LENSES, SOURCES, TRACES, Phenomenon, reference, sought
 
@@ -166,7 +167,7 @@ def markdown_to_html(text: str) -> str:
 def _trace_context(heatmap: Heatmap, f: Findings) -> dict | None:
     """An intervention's reference values and options, as the summary states them (None: not one, or a file
     without them)."""
-    found = reference(heatmap.metric, heatmap.trace)
+    found = reference(heatmap.metric, heatmap.extras)
     if found is None:
         return None
     low, high, subject = found
@@ -181,7 +182,7 @@ def _trace_context(heatmap: Heatmap, f: Findings) -> dict | None:
     if subject[0] + best_col != subject[1] - 1 and block[best_row, best_col] > column[peak]:
         strongest = {"index": int(subject[0] + best_col), "layer": f.layers[best_row], "value": float(block[best_row, best_col])}
     hi = max(low, high)
-    t = heatmap.trace
+    t = heatmap.extras
     return {
         **options, "low": low, "high": high, "subject": subject, "sought": sought(heatmap.metric, low, high),
         "answer": display_labels([t.get("answer", "")])[0], "corrupt_answer": display_labels([t.get("corrupt_answer", "")])[0],
@@ -190,7 +191,7 @@ def _trace_context(heatmap: Heatmap, f: Findings) -> dict | None:
         "differs": [(i, display_labels([(t.get("corrupt_tokens") or heatmap.tokens)[i]])[0]) for i in t.get("differs", [])],
         "peak": {"value": float(raw[peak, subject[1] - 1]), "layer": f.layers[peak]},
         "last_peak": _best(raw[:, -1], f.layers, skip_last=bool(raw[-1, -1] == np.float32(high))),
-        "beyond": int((raw > hi).sum()),
+        "beyond": int((raw > hi + OVERSHOOT * abs(high - low)).sum()),
         "trivial_last": bool(raw[-1, -1] == np.float32(high)),
     }
 
@@ -355,6 +356,8 @@ class Narrative:
         # a second lead sentence only for a phenomenon or an anomaly (the bands and peaks have their sections)
         lead = observations[:1] + [o for o in observations[1:2] if o.kind in (
             "attention-sink", "massive-activation", "convergence", "sink", "anomaly")]
+        if heatmap.metric in TRACES and tr:  # a trace leads with its sites
+            lead = [o for o in observations if o.kind == "sites"]
         third = max(1, f.n_layers // 3)
         return {
             "f": f,

@@ -242,7 +242,7 @@ def sites(raw: np.ndarray, layers: list[int], low: float, high: float, span: tup
                 "early-site", [subject], (layers[runs[0][0]], layers[runs[-1][1]]), float(raw[peak, subject]),
                 data={"runs": [(layers[a], layers[b]) for a, b in runs], "peak_layer": layers[peak],
                       "share": float(recovered[peak, subject])},
-                cells=[(r, subject) for a, b in runs for r in range(a, b + 1)]))
+                cells=[(r, subject) for r in range(n_layers)]))  # (the sentence says the whole column)
     flags = np.nan_to_num(recovered[:, last]) >= SITE_SHARE
     if trivial_last:
         flags[-1] = False  # (it always recovers everything)
@@ -253,7 +253,7 @@ def sites(raw: np.ndarray, layers: list[int], low: float, high: float, span: tup
         out.append(Phenomenon(
             "late-site", [last], (layers[a], layers[b]), float(raw[a, last]),
             data={"last": float(raw[-1, last]), "share": float(recovered[a, last]), "to_top": b == n_layers - 1},
-            cells=[(r, last) for r in range(a, b + 1)]))
+            cells=[(r, last) for r in range(n_layers)]))
     return out
 
 

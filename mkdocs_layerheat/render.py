@@ -56,11 +56,14 @@ def _marked(label: str, kind: str) -> str:
     return {"special": f"⟨{label}⟩", "template": f"⟨{label}⟩", "generated": f"{label}*"}.get(kind, label)
 
 
+OVERSHOOT = 0.02  # an intervention's cells above the clean run's value by more than this share of the way: marked
+
+
 def _axis_labels(heatmap: Heatmap, labels: list[str]) -> list[str]:
     """The x-axis labels: kinds marked (`_marked`); a causal trace's subject starred, as ROME's figures do; an
     activation patching's differing tokens as clean → corrupted."""
     out = [_marked(label, kind) for label, kind in zip(labels, heatmap.kinds)]
-    trace = heatmap.trace
+    trace = heatmap.extras
     if heatmap.metric == "causal-trace" and "subject" in trace:
         for i in range(*trace["subject"]):
             out[i] += "*"
@@ -69,11 +72,47 @@ def _axis_labels(heatmap: Heatmap, labels: list[str]) -> list[str]:
     return out
 
 
+TOOLTIP_CELLS = 8000  # a lens figure with more cells carries no top tokens in its tooltip (page weight)
+WRITTEN_CELLS = 40  # tokens (and layers) up to which a lens figure writes each cell's top token in the cell
+
+
+def _top_lines(heatmap: Heatmap, n_cells: int) -> list[str]:
+    """A logit lens's tooltip line per cell (row-major): its top tokens with their probabilities."""
+    tokens, probs = heatmap.extras.get("top_tokens"), heatmap.extras.get("top_probs")
+    if not tokens or n_cells > TOOLTIP_CELLS or len(tokens) * len(tokens[0]) != n_cells:
+        return []
+    return [", ".join(f"{display_labels([t])[0]} {p:.2f}" for t, p in zip(ts, ps))
+            for row_t, row_p in zip(tokens, probs) for ts, ps in zip(row_t, row_p)]
+
+
+def _write_top_tokens(fig, heatmap: Heatmap, values: np.ndarray, scale: tuple[float, float], palette: str) -> None:
+    """Each cell's top-1 token written in it, as nostalgebraist's logit-lens figures do, when the figure has few
+    enough tokens and layers for the words to fit; white on dark colours, black on light ones."""
+    import numpy as np
+
+    n_layers, n_tokens = values.shape
+    if n_tokens > WRITTEN_CELLS or n_layers > WRITTEN_CELLS:
+        return
+    colours = _palette(palette)
+    light = [0.299 * int(c[1:3], 16) + 0.587 * int(c[3:5], 16) + 0.114 * int(c[5:7], 16) > 140 for c in colours]
+    span = (scale[1] - scale[0]) or 1.0
+    xs, ys, words, inks = [], [], [], []
+    for r, row in enumerate(heatmap.extras["top_tokens"]):
+        for t, best in enumerate(row):
+            if np.isnan(values[r, t]):
+                continue
+            level = int(np.clip((values[r, t] - scale[0]) / span, 0, 1) * (len(colours) - 1))
+            xs.append(t), ys.append(r), words.append(display_labels([best[0]])[0][:8])
+            inks.append("#000000" if light[level] else "#ffffff")
+    fig.text(x=xs, y=ys, text=words, text_color=inks, text_font_size="7pt", text_align="center",
+             text_baseline="middle")
+
+
 def reference_scale(heatmap: Heatmap, normalize: str) -> tuple[float, float] | None:
     """An intervention shown as computed runs its colours from the corrupted run's value to the clean run's."""
     from .phenomena import reference
 
-    found = reference(heatmap.metric, heatmap.trace) if normalize == "none" else None
+    found = reference(heatmap.metric, heatmap.extras) if normalize == "none" else None
     return (min(found[:2]), max(found[:2])) if found and found[0] != found[1] else None
 
 
@@ -103,6 +142,7 @@ const j = Math.max(0, Math.min(layers.length - 1, Math.round(special_vars.y)));
 if (format === "token") return labels[i] + " (position " + i + (kinds[i] === "text" ? "" : ", " + kinds[i]) +
                                (notes[i] ? ", " + notes[i] : "") + ")";
 if (format === "layer") return String(layers[j]);
+if (format === "top") return top.length ? top[top.length === n * layers.length ? j * n + i : 0] : "";
 const v = raw[j * n + i];
 return Number.isNaN(v) ? "n/a" : v.toFixed(3);
 """
@@ -152,22 +192,28 @@ def _panel(heatmap: Heatmap, values: np.ndarray, labels: list[str], scale: tuple
     metric = _label(heatmap.metric)
     beyond = 0
     if clipped:  # cells beyond the colour scale: ▲ above it, ▼ below it
+        # (an intervention marks what lies above its clean run by more than OVERSHOOT of the way, nothing below)
+        above = values > scale[1] + (0 if mark_below else OVERSHOOT * (scale[1] - scale[0]))
         below = np.nonzero(values < scale[0]) if mark_below else (np.array([], int), np.array([], int))
-        for marker, (rows, cols) in (("triangle", np.nonzero(values > scale[1])), ("inverted_triangle", below)):
+        for marker, (rows, cols) in (("triangle", np.nonzero(above)), ("inverted_triangle", below)):
             beyond += len(rows)
             if len(rows):
                 fig.scatter(x=cols.tolist(), y=rows.tolist(), marker=marker, size=6, fill_color="white",
                             line_color="black", line_width=0.5)
     kinds = heatmap.kinds
+    top = _top_lines(heatmap, n_layers * n_tokens)
     cell = CustomJSHover(
         args={"labels": labels, "kinds": kinds, "layers": [str(layer) for layer in heatmap.layers],
               "notes": fragment_notes(heatmap.token_bytes, n_tokens),
-              "raw": heatmap.values.astype(np.float32).ravel()},
+              "raw": heatmap.values.astype(np.float32).ravel(), "top": top},
         code=_HOVER_CELL,
     )
     tooltips = [("token", "$x{token}"), ("layer", "$y{layer}"), (metric, "@image{0.000}")]
     if show_raw:
         tooltips.append(("raw value", "$x{raw}"))
+    if top:
+        tooltips.append(("lens top 5" if len(top) > 1 else "", "$x{top}"))
+        _write_top_tokens(fig, heatmap, values, scale, palette)
     fig.add_tools(HoverTool(renderers=[image], tooltips=tooltips, formatters={"$x": cell, "$y": cell}))
     fig.xaxis.ticker = FixedTicker(ticks=list(range(n_tokens)))
     fig.xaxis.major_label_overrides = dict(enumerate(_axis_labels(heatmap, labels)))
@@ -180,7 +226,8 @@ def _panel(heatmap: Heatmap, values: np.ndarray, labels: list[str], scale: tuple
     fig.axis.major_tick_line_color = None
     fig.axis.axis_line_color = None
     fig.outline_line_color = None
-    bar = ColorBar(color_mapper=mapper, width=12, title=f"{metric} (clipped ▲▼)" if beyond else metric,
+    marks = "▲▼" if mark_below else "▲"
+    bar = ColorBar(color_mapper=mapper, width=12, title=f"{metric} (clipped {marks})" if beyond else metric,
                    ticker=BasicTicker())
     if scale == (0.0, 1.0):
         bar.ticker, bar.formatter = FixedTicker(ticks=[i / 5 for i in range(6)]), PrintfTickFormatter(format="%.1f")

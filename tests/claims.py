@@ -171,7 +171,7 @@ class Reader:
                  metric: str | None = None, causal: bool = True, trace: dict | None = None,
                  options: dict | None = None):
         self.text = text
-        self.trace, self.options = trace or {}, {"samples": 10, "noise": 3.0, "seed": 1, "restore": "hidden",
+        self.extras, self.options = trace or {}, {"samples": 10, "noise": 3.0, "seed": 1, "restore": "hidden",
                                                  "window": 10, **(options or {})}
         self.figure = np.asarray(values, dtype=np.float64)
         self.layers = list(layers)
@@ -194,7 +194,7 @@ class Reader:
             aside[cells] = True
         self.sites = self._sites() if self.metric in TRACES else {}
         for rows, t in self.sites.values():
-            aside[rows, t] = True
+            aside[:, t] = True  # (a site's token: its column is described by the site)
         aside[:, aside.sum(axis=0) > self.n_layers / 2] = True  # mostly explained: the whole token is left out
         self.aside = aside & ~np.isnan(self.figure)
         self.v = self.figure.copy()
@@ -294,7 +294,7 @@ class Reader:
 
     def reference(self) -> tuple[float, float, int, int] | None:
         """The corrupted run's value, the clean run's, the first and last corrupted token."""
-        t = self.trace
+        t = self.extras
         if self.metric == "causal-trace" and "p_clean" in t:
             return t["p_noisy"], t["p_clean"], t["subject"][0], t["subject"][1] - 1
         if self.metric == "activation-patching" and t.get("differs"):
@@ -334,7 +334,7 @@ class Reader:
         from mkdocs_layerheat.labels import display_labels  # (how an answer is named, not what it is)
 
         low, high, first, last_subject = self.reference()
-        t, o, last = self.trace, self.options, self.n_tokens - 1
+        t, o, last = self.extras, self.options, self.n_tokens - 1
         what = "subject" if self.metric == "causal-trace" else "differing"
 
         def name(ref: str, expected: str) -> None:
@@ -381,9 +381,10 @@ class Reader:
 
         def colours(m):
             self.expect(close(m.group(1), low) and close(m.group(2), high), "colour range")
-            self.expect(int(m.group(3) or 0) == int((self.raw > max(low, high)).sum()), "cells above the range")
+            above = self.raw > max(low, high) + 0.02 * abs(high - low)
+            self.expect(int(m.group(3) or 0) == int(above.sum()), "cells above the range")
         eat(rf"; the colours run from the corrupted run's value, ({NUM}), to the clean run's, ({NUM})"
-            r"(?: \((\d+) cells? lies? above it, marked ▲\))?\.", colours)
+            r"(?: \((\d+) cells? lies? above it by more than 2% of the way, marked ▲\))?\.", colours)
         if re.search(r"the colours run from the corrupted run's value", self.text) is None:
             self.fail("the colour range of the intervention is not said")
 
@@ -452,7 +453,9 @@ class Reader:
 
         def weak(m):
             self.expect(not self.sought() and close(m.group(1), low) and close(m.group(2), high), "little taken away")
-        eat(rf"The noise takes little away: the answer keeps ({NUM}) of its ({NUM})", weak)
+        eat(rf"The corruption takes little away: the answer keeps ({NUM}) of its ({NUM})", weak)
+        eat(r"Sites are sought only where the noise at least halves the answer's probability; here it does not",
+            lambda m: self.expect(not self.sought(), "little taken away"))
 
         eat(rf"The subject includes the first token, ({TOK}):", lambda m: self.expect(first == 0, "first token"))
         if self.metric == "causal-trace" and first == 0:
@@ -468,8 +471,8 @@ class Reader:
             "early" in has and o["restore"] == "mlp", "MLP early site"))
         eat(r"that attention outputs recover it at the late site", lambda m: self.expect(
             "late" in has and o["restore"] == "attn", "attention late site"))
-        eat(r"What follows leaves the (\d+) cells of the sites out", lambda m: self.expect(
-            int(m.group(1)) == int(self.aside.sum()), "site cells"))
+        eat(rf"What follows leaves out ((?:{TOK}(?:, | and )?)+), whose columns? the sites? describes?", lambda m: self.expect(
+            sorted(self.tokens(m.group(1))) == sorted(t for _, t in self.sites.values()), "site tokens"))
 
         def lead(m):
             kind = m.group("kind")

@@ -593,6 +593,65 @@ def test_logit_lens_target_must_be_one_token(llama_model, loaded_models):
         extract(loaded_models["llama"], SAMPLE_TEXT, [MetricRequest("logit-lens", target="The lazy fox")])
 
 
+def reference_distributions(arch, model, hidden):
+    """log p_l `[rows, T, V]` in float64: final norm + lm_head (+ soft-capping) applied to every hidden state."""
+    norm, head = final_norm(arch, model), lm_head(arch, model)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    out = []
+    for h in hidden:
+        with torch.no_grad():
+            logits = norm(torch.from_numpy(h).float()).double() @ head.weight.detach().double().T
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+        out.append(torch.log_softmax(logits, dim=-1).numpy())
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_lens_entropy_and_kl_match_reference(arch, tiny_models, loaded_models, reference_models):
+    """Entropy of each lens distribution, and KL(p_final || p_l) from the model's output to it, summed term by
+    term over the vocabulary: 0 at the last layer, which is the output."""
+    model = reference_models[arch]
+    ids = reference_ids(tiny_models[arch])
+    _, hidden = reference_outputs(model, ids, tie_last=False)
+    logp = reference_distributions(arch, model, hidden)  # [L + 1, T, V]
+    entropy = np.zeros(logp.shape[:2])
+    kl = np.zeros(logp.shape[:2])
+    for layer in range(logp.shape[0]):
+        for t in range(logp.shape[1]):
+            p, final = np.exp(logp[layer, t]), np.exp(logp[-1, t])
+            entropy[layer, t] = -sum(p[v] * logp[layer, t, v] for v in range(len(p)))
+            kl[layer, t] = sum(final[v] * (logp[-1, t, v] - logp[layer, t, v]) for v in range(len(p)))
+    requests = [MetricRequest("lens-entropy", embeddings=True), MetricRequest("lens-kl", embeddings=True)]
+    got = extract(loaded_models[arch], SAMPLE_TEXT, requests)
+    assert_rel_close(got[requests[0]].values, entropy, what=f"{arch} lens-entropy")
+    np.testing.assert_allclose(got[requests[1]].values, kl, atol=1e-5, rtol=1e-4)
+    assert np.abs(got[requests[1]].values[-1]).max() < 1e-5 and kl[:-1].max() > 0.1  # (the test can fail)
+    some = extract(loaded_models[arch], SAMPLE_TEXT, [MetricRequest("lens-kl", layers=(1,))])
+    np.testing.assert_allclose(next(iter(some.values())).values, kl[1:2], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_lens_top_tokens_are_the_full_softmax_top_five(arch, tiny_models, loaded_models, reference_models):
+    """Each cell keeps the lens's five most probable tokens, decoded, with their probabilities: those of a full
+    softmax over the vocabulary, sorted."""
+    model = reference_models[arch]
+    ids = reference_ids(tiny_models[arch])
+    _, hidden = reference_outputs(model, ids, tie_last=False)
+    logp = reference_distributions(arch, model, hidden[1:])
+    heatmap = next(iter(extract(loaded_models[arch], SAMPLE_TEXT, ["logit-lens"]).values()))
+    tokenizer = loaded_models[arch].tokenizer
+    tokens, probs = heatmap.extras["top_tokens"], heatmap.extras["top_probs"]
+    assert np.array(probs).shape == (len(hidden) - 1, len(ids), 5)
+    for layer in range(len(hidden) - 1):
+        for t in range(len(ids)):
+            order = np.argsort(-logp[layer, t], kind="stable")[:5]
+            np.testing.assert_allclose(probs[layer][t], np.exp(logp[layer, t, order]), rtol=1e-4, atol=1e-6)
+            expected = [tokenizer.decode([int(i)], clean_up_tokenization_spaces=False) for i in order]
+            all_tied = np.diff(np.exp(logp[layer, t, order])).min() > -1e-6  # (then any order is the top five)
+            assert tokens[layer][t] == expected or all_tied
+
+
 def test_logit_lens_on_an_encoder_is_a_clear_error(bert_model, loaded_models):
     with pytest.raises(ExtractionError, match="predicts the next token.*BertModel has no language-model head.*encoder"):
         extract(loaded_models["bert"], SAMPLE_TEXT, ["logit-lens"])

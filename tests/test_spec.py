@@ -336,7 +336,7 @@ def test_heads_zero_based():
         ("metric: attention\nquery: 3", "'query' does not apply to metric 'attention' (it applies to: attention-from)"),
         ("metric: update\naggregate: max", "'aggregate' does not apply to metric 'update'"),
         ("metric: attention\ntarget: x", "'target' does not apply to metric 'attention' (it applies to: logit-lens, logit-lens-rank)"),
-        ("metric: update\nembeddings: true", "'embeddings' does not apply to metric 'update': it has no layer 0 (it applies to: hidden-norm, logit-lens, logit-lens-rank)"),
+        ("metric: update\nembeddings: true", "'embeddings' does not apply to metric 'update': it has no layer 0 (it applies to: hidden-norm, logit-lens, logit-lens-rank, lens-entropy, lens-kl)"),
         ("metric: attention\nembeddings: true", "'embeddings' does not apply to metric 'attention'"),
     ],
 )

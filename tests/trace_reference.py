@@ -63,9 +63,9 @@ def trace_with_patch(model, ids, states_to_patch, answer, span, noise, seed=1):
     return float(torch.softmax(logits[1:, -1, :].double(), dim=1).mean(dim=0)[answer])
 
 
-def causal_trace(model, ids, span, answer, samples=10, factor=3.0, seed=1, kind="hidden", window=10):
-    """ROME's `calculate_hidden_flow`: `[layers, T]` scores (rows are blocks 1..L), `p_noisy`, `p_clean`.
-    The noise level is `factor` times the std of the input embedding matrix."""
+def causal_trace(model, ids, span, answer, samples=10, factor=3.0, seed=1, kind="hidden", window=10, rows=None):
+    """ROME's `calculate_hidden_flow`: `[layers, T]` scores (rows are blocks 1..L, or the 1-based `rows`),
+    `p_noisy`, `p_clean`. The noise level is `factor` times the std of the input embedding matrix."""
     blocks, attns, mlps, embedding = parts(model)
     level = factor * float(embedding.weight.detach().double().std())
     batch = torch.tensor([ids] * (samples + 1))
@@ -73,19 +73,20 @@ def causal_trace(model, ids, span, answer, samples=10, factor=3.0, seed=1, kind=
         p_clean = float(torch.softmax(model(input_ids=batch[:1], use_cache=False).logits[0, -1].double(), -1)[answer])
     p_noisy = trace_with_patch(model, batch, [], answer, span, level, seed)
     n, length = len(blocks), len(ids)
-    table = np.zeros((n, length))
+    rows = list(range(1, n + 1)) if rows is None else list(rows)
+    table = np.zeros((len(rows), length))
     modules = {"hidden": blocks, "mlp": mlps, "attn": attns}[kind]
     for t in range(length):
-        for layer in range(n):
+        for r, layer in enumerate(row - 1 for row in rows):
             if kind == "hidden":
                 spec = [(t, blocks[layer])]
             else:
                 spec = [(t, modules[k]) for k in range(max(0, layer - window // 2), min(n, layer - (-window // 2)))]
-            table[layer, t] = trace_with_patch(model, batch, spec, answer, span, level, seed)
+            table[r, t] = trace_with_patch(model, batch, spec, answer, span, level, seed)
     return table, p_noisy, p_clean
 
 
-def activation_patching(model, clean, corrupt):
+def activation_patching(model, clean, corrupt, rows=None):
     """Patch the clean run's block-l output at token t into the corrupted run: `[layers, T]` of
     (LD_patched - LD_corrupt) / (LD_clean - LD_corrupt), LD = logit(clean answer) - logit(corrupt answer)."""
     blocks, _, _, _ = parts(model)
@@ -107,8 +108,10 @@ def activation_patching(model, clean, corrupt):
     a, b = int(clean_logits.argmax()), int(corrupt_logits.argmax())
     ld_clean = float(clean_logits[a] - clean_logits[b])
     ld_corrupt = float(corrupt_logits[a] - corrupt_logits[b])
-    table = np.zeros((len(blocks), len(clean)))
-    for layer, block in enumerate(blocks):
+    rows = list(range(1, len(blocks) + 1)) if rows is None else list(rows)
+    table = np.zeros((len(rows), len(clean)))
+    for r, layer in enumerate(row - 1 for row in rows):
+        block = blocks[layer]
         for t in range(len(clean)):
             def patch(module, args, x, layer=layer, t=t):
                 _untuple(x)[0, t] = states[layer][0, t]
@@ -117,5 +120,5 @@ def activation_patching(model, clean, corrupt):
             with torch.no_grad():
                 logits = model(input_ids=corrupt_t, use_cache=False).logits[0, -1].double()
             handle.remove()
-            table[layer, t] = (float(logits[a] - logits[b]) - ld_corrupt) / (ld_clean - ld_corrupt)
+            table[r, t] = (float(logits[a] - logits[b]) - ld_corrupt) / (ld_clean - ld_corrupt)
     return table, a, b, ld_clean, ld_corrupt

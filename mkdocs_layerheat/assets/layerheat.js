@@ -30,6 +30,7 @@
   function paint(doc) {
     var colours = dark() ? DARK : LIGHT;
     doc.all_models.forEach(function (model) {
+      if (model.type === "Text") return;  // the words a logit lens writes in its cells keep their contrast inks
       var props = model.properties || {};
       var update = {};
       ["major_label_text_color", "axis_label_text_color", "title_text_color", "text_color"].forEach(function (name) {

@@ -17,7 +17,7 @@ import pytest
 from browserkit import ARTIFACTS, CHROMIUM, ROOT, plot_pixels, serve, tooltip, wait_for_figures
 
 PAGES = ["", "getting-started/", "reference/", "metrics/", "analysis/", "caching/", "examples/arithmetic/",
-         "examples/long-text/", "examples/compare/", "troubleshooting/"]
+         "examples/long-text/", "examples/compare/", "examples/causal-trace/", "troubleshooting/"]
 
 
 @pytest.fixture(scope="module")
