@@ -219,7 +219,13 @@ def _differing_to_the_top(f: Findings) -> bool:
     return enough and 2 * len(differing) >= sum(b.n_layers for b in above)
 
 
-def _interpretation(f: Findings, tok, restore: str = "hidden") -> list[str]:
+def _see(metric: str, beside: tuple[str, ...]) -> str:
+    """Where a reader finds what a sentence points to: the block's own panel, or a figure to add."""
+    return (f"the `{metric}` panel shows whether it does" if metric in beside
+            else f"a `{metric}` figure of the same text would show it")
+
+
+def _interpretation(f: Findings, tok, restore: str = "hidden", beside: tuple[str, ...] = ()) -> list[str]:
     """The hedged closing reading: what the phenomena found are consistent with, in the literature's words."""
     out = []
     sinks = f.of("attention-sink")
@@ -228,8 +234,8 @@ def _interpretation(f: Findings, tok, restore: str = "hidden") -> list[str]:
         others = [p for p in sinks if p.tokens[0] != 0]
         if first:
             out.append("A first-token sink is where causal models typically park attention that no query needs "
-                       "(Xiao et al. 2023), and such tokens carry massive activations (Sun et al. 2024; see a "
-                       "`hidden-norm` figure of the same text).")
+                       f"(Xiao et al. 2023), and such tokens carry massive activations (Sun et al. 2024; "
+                       f"{_see('hidden-norm', beside)}).")
         if others:
             out.append(f"{join([tok(p.tokens[0]) for p in others])} "
                        f"{'is a sink' if len(others) == 1 else 'are sinks'} away from the first position, as Gu et al. "
@@ -239,7 +245,7 @@ def _interpretation(f: Findings, tok, restore: str = "hidden") -> list[str]:
         names = join([tok(p.tokens[0]) for p in massive[:3]])
         out.append(f"Sun et al. 2024 find that tokens with massive activations act as attention sinks, so {names} "
                    f"likely {'receives' if len(massive) == 1 else 'receive'} much of the attention in these layers; "
-                   f"an `attention` figure of the same text would show it.")
+                   f"{_see('attention', beside)}.")
     if f.of("prediction-converges") or f.of("late-drop"):
         out.append("The lens reads the lower layers poorly, so a low value there does not mean that the model lacks "
                    "the prediction, only that it is not yet in the output's basis (Belrose et al. 2023)"
@@ -313,8 +319,9 @@ class Narrative:
         self.env.tests["single"] = lambda items: len(items) == 1
 
     def context(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool = True,
-                shared: bool = False) -> dict:
-        """`shared`: the heatmap is one side of a `compare:` block, scaled together with the other."""
+                shared: bool = False, beside: tuple[str, ...] = ()) -> dict:
+        """`shared`: the heatmap is one side of a `compare:` block, scaled together with the other; `beside`: the
+        metrics of the other panels of its block."""
         f = findings
         metric = METRICS.get(heatmap.metric)
         span = f.scale_high - f.scale_low
@@ -383,7 +390,7 @@ class Narrative:
             "delimiters": DELIMITERS,
             "whitespace": WHITESPACE,
             "pale": span < PALE * scale_width and (shared or bool(f.aside_cells) and not f.rescaled),
-            "interpretation": _interpretation(f, tok, (tr or {}).get("restore", "hidden")),
+            "interpretation": _interpretation(f, tok, (tr or {}).get("restore", "hidden"), beside),
             "lead": lead,
             "low_below": f.scale_low + span / 3,
             "high_above": f.scale_low + 2 * span / 3,
@@ -403,8 +410,9 @@ class Narrative:
         }
 
     def markdown(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool = True,
-                 shared: bool = False) -> str:
-        text = self.env.get_template(TEMPLATE).render(self.context(heatmap, findings, normalize, raw_known, shared))
+                 shared: bool = False, beside: tuple[str, ...] = ()) -> str:
+        context = self.context(heatmap, findings, normalize, raw_known, shared, beside)
+        text = self.env.get_template(TEMPLATE).render(context)
         return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
     def _module(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool):

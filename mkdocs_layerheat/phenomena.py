@@ -161,7 +161,7 @@ def massive(raw: np.ndarray, layers: list[int], single_layer: bool) -> list[Phen
             "peak_median": float(median[peak]), "ratio": float(ratio[peak, t]),
             "plateau": (layers[plateau[0]], layers[plateau[1]]),
             "before": float(raw[first - 1, t]) if first > 0 else None,
-            "last_value": float(raw[-1, t]), "last_layer": layers[-1],
+            "last_value": float(raw[-1, t]), "last_layer": layers[-1], "last_ratio": float(ratio[-1, t]),
             "runs": [(layers[a], layers[b]) for a, b in runs],
             "early": None,  # an earlier phase at half the threshold, apart from the run: (first, last, low, high)
         }

@@ -361,11 +361,11 @@ class Renderer:
         return self._narrative
 
     def summary(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool = True,
-                shared: bool = False) -> str:
+                shared: bool = False, beside: tuple[str, ...] = ()) -> str:
         """The written summary as HTML: the Markdown of `summary.md`, converted, inside `summary.html`."""
         from .narrative import markdown_to_html
 
-        text = self.narrative.markdown(heatmap, findings, normalize, raw_known, shared)
+        text = self.narrative.markdown(heatmap, findings, normalize, raw_known, shared, beside)
         metric = METRICS.get(heatmap.metric)
         return self.env.get_template("summary.html").render(
             body=markdown_to_html(text), markdown=text, heatmap=heatmap, findings=findings, normalize=normalize,
@@ -447,7 +447,8 @@ class Renderer:
             payload=_payload(item),
             height=sum(figure_height(len(h.layers)) for h, *_ in sides),
             summary=self.env.get_template("summary.html").render(body=markdown_to_html(text), markdown=text),
-            side_summaries=[self.summary(h, f, spec.normalize) for h, _, _, f, _ in sides],
+            side_summaries=[self.summary(h, f, spec.normalize, beside=tuple(x.metric for x, *_ in sides if x is not h))
+                            for h, _, _, f, _ in sides],
         )
 
     def placeholder(self, spec) -> str:

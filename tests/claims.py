@@ -152,6 +152,16 @@ def massive_cells(raw: np.ndarray, single_layer: bool) -> dict[int, dict]:
     return out
 
 
+class _Fixed:
+    """A match with some numbered groups given (a sentence that leaves them to another one)."""
+
+    def __init__(self, m, given):
+        self.m, self.given = m, given
+
+    def group(self, key):
+        return self.given[key] if key in self.given else self.m.group(key)
+
+
 class _Merged:
     """A match whose alternatives name their groups `x`, `x2`, `x3`: `group("x")` is whichever matched."""
 
@@ -642,8 +652,10 @@ class Reader:
             self.expect(self.model is None or ref.endswith(name) or ref.endswith(name + ".gguf"), f"model {name!r}")
         eat(rf" of ({CODE})(?= \(y axis|\.)", model)
         eat(r"Tokens are named as current → predicted: [^\n]*", lambda m: None)
-        eat(r"\b(?:Xiao|Gu|Sun|Belrose|Meng|Geva) et al\. \d{4}|nostalgebraist \d{4}", lambda m: None)
-        eat(r"`(?:hidden-norm|attention)` figure of the same text", lambda m: None)
+        years = {"Xiao": 2023, "Gu": 2024, "Sun": 2024, "Belrose": 2023, "Meng": 2022, "Geva": 2023, "nostalgebraist": 2020}
+        eat(r"\b(Xiao|Gu|Sun|Belrose|Meng|Geva|nostalgebraist)(?: et al\.)? (\d{4})", lambda m: self.expect(
+            years[m.group(1)] == int(m.group(2)), f"{m.group(1)} {m.group(2)} is not the source"))
+        eat(r"`(?:hidden-norm|attention)` (?:figure of the same text|panel shows whether it does)", lambda m: None)
         eat(r"The single token of the text", lambda m: self.expect(self.n_tokens == 1, "single token"))
 
         def clipped(m):  # `color_range: robust`: the colours end at the 98th percentile of the cells read
@@ -744,8 +756,8 @@ class Reader:
             cells_v, cells_u = self.band_cells(spans)
             high, low = np.mean(cells_u >= HIGH - 1e-12), np.mean(cells_u <= LOW + 1e-12)
             self.expect(abs(int(m.group(2)) - 100 * high) < 1, f"band {name}: share high")
-            self.expect(abs(int(m.group(4)) - 100 * low) < 1, f"band {name}: share low")
-            self.expect(close(m.group(3), self.lo + 2 * self.span / 3) and close(m.group(5), self.lo + self.span / 3), "thresholds")
+            self.expect(abs(int(m.group(4) or 0) - 100 * low) < 1 if m.group(4) else 100 * low < 0.5, f"band {name}: share low")
+            self.expect(close(m.group(3), self.lo + 2 * self.span / 3) and (not m.group(5) or close(m.group(5), self.lo + self.span / 3)), "thresholds")
             for a, b in spans:
                 v, u = self.band_cells([(a, b)])
                 spread = np.percentile(u, 90) - np.percentile(u, 10)
@@ -757,7 +769,7 @@ class Reader:
                 if m.group("more"):
                     n_high = int(np.sum(means[self.kept] >= HIGH - 1e-9))
                     self.expect(int(m.group("more")) == n_high - 4, "count of other high tokens")
-        eat(r"In " + SPANS + rf" the tokens spread out: (\d+)% of the cells lie above ({NUM}) and (\d+)% below ({NUM})\.(?: (?P<high>(?:{TOK}(?:, | and )?)+?)(?:,? and (?P<more>\d+) other tokens)? stays? high(?: on average)?\.)?", differentiating)
+        eat(r"In " + SPANS + rf" the tokens spread out: (\d+)% of the cells lie above ({NUM})(?: and (\d+)% below ({NUM}))?\.(?: (?P<high>(?:{TOK}(?:, | and )?)+?)(?:,? and (?P<more>\d+) other tokens)? stays? high(?: on average)?\.)?", differentiating)
 
         if bands:  # the bands and the flat layers cover every layer once
             bands.sort()
@@ -828,11 +840,14 @@ class Reader:
             self.expect(int(m.group(2)) == b - a + 1 == best, f"{m.group(1)}: its run is not the longest ({m.group(2)})")
         eat(rf"({TOK}) stays above the others for (\d+) layers\.", run_lead)
         def runs(m):
-            for r in re.finditer(rf"({TOK}) from layer (\d+) to (\d+) \((?:mean )?({NUM}) against (?:a median of )?({NUM})\)", m.group("items")):
+            odd = re.findall(rf"; ((?:{TOK}(?:, | and )?)+?) (?:has|share|each have) a depth profile unlike the other tokens'", m.group("odd") or "")
+            for r in re.finditer(rf"({TOK}) from layer (\d+) to (\d+) \((?:mean )?({NUM}) against (?:a median of )?({NUM})"
+                                 rf"(; a depth profile unlike the other tokens')?\)", m.group("items")):
                 self.check_run(r.group(1), r.group(2), r.group(3), r.group(4), r.group(5))
                 listed_runs.append((self.token(r.group(1)) or [0])[0])
+                if r.group(6):
+                    odd.append(r.group(1))
             idx, typical, nearest = self.to_typical()
-            odd = re.findall(rf"; ((?:{TOK}(?:, | and )?)+?) (?:has|share|each have) a depth profile unlike the other tokens'", m.group("odd") or "")
             for t in [t for g in odd for t in self.tokens(g)]:  # listed, and far from the typical profile
                 d = nearest[list(idx).index(t)] if t in idx else 0
                 self.expect(t in listed_runs and d > max(0.15, 3 * typical), f"{self.labels[t]} said unlike the others")
@@ -992,6 +1007,10 @@ class Reader:
                 self.expect(self.row(m.group("end")) == end, "massive plateau")
             if m.group("lv"):
                 self.expect(close(m.group("lv"), self.raw[-1, t]) and self.row(m.group("ll")) == self.n_layers - 1, "last value")
+                self.expect(self.raw[-1, t] < self.raw[peak, t], "down to: below the peak")
+            if named.get("lv2"):
+                self.expect(close(m.group("lv2"), self.raw[-1, t]) and self.row(m.group("ll2")) == self.n_layers - 1, "last value")
+                self.expect(self.raw[-1, t] >= self.raw[peak, t] and close(m.group("lr2"), ratio[-1]), "last ratio")
             # an earlier phase: the last run of layers at 5x or more before the onset, apart from it
             early = early_phase(ratio, first) if self.metric == "hidden-norm" else None
             if named.get("ea"):
@@ -1002,19 +1021,23 @@ class Reader:
                 self.expect(early is None, "an early phase is not said")
             if m.group("spans"):
                 self.expect(stated_spans(m.group("spans")) == [(self.layers[a], self.layers[b]) for a, b in self.massive[t]["runs"]], "writes")
-        eat(rf"(?P<tok>{TOK})(?: holds (?P<elo>{NUM})–(?P<ehi>{NUM})x the layer's median at layers? (?P<ea>\d+)(?:–(?P<eb>\d+))?, then)? (?:jumps from (?P<before>{NUM}) to (?P<peak>{NUM}) at layer (?P<onset>\d+)|reaches (?P<peak2>{NUM}) at layer (?P<pl2>\d+))(?: \((?P<ratio_at>{NUM})x the layer's median\)|, peaks at (?P<ratio>{NUM})x the layer's median at layer (?P<pl>\d+)), stays above half of that up to layer (?P<end>\d+)(?: and is down to (?P<lv>{NUM}) at layer (?P<ll>\d+))?\.(?P<spans>)", massive)
+        eat(rf"(?P<tok>{TOK})(?: holds (?P<elo>{NUM})–(?P<ehi>{NUM})x the layer's median at layers? (?P<ea>\d+)(?:–(?P<eb>\d+))?, then)? (?:jumps from (?P<before>{NUM}) to (?P<peak>{NUM}) at layer (?P<onset>\d+)|reaches (?P<peak2>{NUM}) at layer (?P<pl2>\d+))(?: \((?P<ratio_at>{NUM})x the layer's median\)|, peaks at (?P<ratio>{NUM})x the layer's median at layer (?P<pl>\d+)), stays above half of that up to layer (?P<end>\d+)(?: and is down to (?P<lv>{NUM}) at layer (?P<ll>\d+)|; at layer (?P<ll2>\d+) it is (?P<lv2>{NUM}), (?P<lr2>{NUM})x the layer's median)?\.(?P<spans>)", massive)
         eat(rf"The (?:MLP|attention sublayer) writes (?P<peak>{NUM}) into (?P<tok>{TOK}) at layer (?P<pl>\d+), (?P<ratio>{NUM})x the layer's median(?:; it writes at least 10x the median into it at (?P<spans>[^.]+))?\.(?P<onset>)(?P<before>)(?P<end>)(?P<lv>)(?P<ll>)", massive)
 
         def massive_lead(m):
-            (t,) = self.token(m.group(1))[:1] or [None]
+            ref = m.group("tok") or m.group("into")
+            (t,) = self.token(ref)[:1] or [None]
             if t not in self.massive:
-                self.fail(f"{m.group(1)} is said to carry a massive activation but does not")
+                self.fail(f"{ref} is said to carry a massive activation but does not")
                 return
+            self.expect(bool(m.group("tok")) == (self.metric == "hidden-norm"), "a state or a write")
             first, last, peak = strongest(t)
-            self.expect(close(m.group(2), self.massive[t]["ratio"][peak]) and self.row(m.group(3)) == peak, "massive lead")
-            if m.group(4):
-                self.expect(int(m.group(4)) == len(self.massive) - 1, "other massive tokens")
-        eat(rf"({TOK}) carries a massive activation: ({NUM})x the layer's median at layer (\d+)(?:, and (\d+) other tokens? at least 10x)?\.", massive_lead)
+            self.expect(close(m.group("ratio"), self.massive[t]["ratio"][peak]) and self.row(m.group("at")) == peak, "massive lead")
+            if m.group("more"):
+                self.expect(int(m.group("more")) == len(self.massive) - 1, "other massive tokens")
+        eat(rf"(?:(?P<tok>{TOK}) carries a massive activation|The (?:MLP|attention sublayer) writes a massive update into "
+            rf"(?P<into>{TOK})): (?P<ratio>{NUM})x the layer's median at layer (?P<at>\d+)(?:, and (?P<more>\d+) other tokens? at "
+            r"least 10x)?\.", massive_lead)
 
         def edge(m):
             k = int(m.group("k"))
@@ -1059,10 +1082,9 @@ class Reader:
             row = self.row(m.group("median"))
             where = "late" if row >= self.n_layers - third else "early" if row < min(third, self.n_layers - 1) else "midway"
             self.expect(m.group("when") == where, f"settle {m.group('when')} but {where}")
-            if m.group("never"):
-                self.expect(int(m.group("never")) == len(positions) - len(done) and int(m.group("n")) == len(positions), "unsettled count")
+            self.expect(int(m.group("k")) == len(done) and int(m.group("n")) == len(positions), "settled count")
             self.expect(int(m.group("drops") or 0) == len(drops), "late drops count")
-        eat(r"Predictions settle (?P<when>late|early|midway), at layer (?P<median>\d+) in the median(?:; (?P<never>\d+) of the (?P<n>\d+) positions end (?:below 0\.5|outside rank 1))?(?:, and (?P<drops>\d+) falls? back in the last layers)?\.", lens_lead)
+        eat(r"(?P<k>\d+) of the (?P<n>\d+) predictions settle (?P<when>late|early|midway), at layer (?P<median>\d+) in the median \(they reach (?:rank 1|0\.5) there and hold it to the last layer\)(?:, and (?P<drops>\d+) falls? back in the last layers)?\.", lens_lead)
         eat(r"No prediction settles: none of the (\d+) holds (?:rank 1|0\.5) to the last layer", lambda m: self.expect(not done and int(m.group(1)) == len(positions), "nothing settles"))
         eat(r"None of the (\d+) predictions reaches (?:rank 1|0\.5) and holds it to layer (\d+)", lambda m: self.expect(not done and int(m.group(1)) == len(positions), "nothing settles"))
         def settled_count(m):
@@ -1085,7 +1107,9 @@ class Reader:
             for (ts, layer), (r, t) in zip(stated, done):
                 self.expect(ts == [t] or settle.get(ts[0] if ts else -1) == r, f"earliest settling: {self.labels[t]}")
                 self.expect(ts and settle.get(ts[0]) is not None and self.layers[settle[ts[0]]] == layer, "settling layer")
-        eat(rf"The earliest: ((?:{TOK} from layer \d+(?:; )?)+)\.", earliest)
+        eat(rf"The earliest to settle: ((?:{TOK} from layer \d+(?:; )?)+)\.", earliest)
+        eat(rf"(?:Those that settle|The one that settles): (?P<list>(?:{TOK} from layer \d+(?:; )?)+)\.", lambda m: settled_count(
+            _Fixed(m, {1: str(len(done)), 2: str(len(positions)), 3: str(self.layers[-1])})))
 
         def last_only(m):
             for t in self.tokens(m.group(1)):

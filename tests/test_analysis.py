@@ -149,7 +149,7 @@ def test_token_with_a_profile_unlike_any_other_is_an_anomaly():
     v[:, 8] = np.linspace(0.9, 0.1, 24)  # one falls
     findings, text = summarize(make(v))
     assert [a.indices for a in findings.profile_anomalies] == [[8]]
-    assert "`w8` from layer 1 to 9 (mean 0.76 against a median of 0.24); `w8` has a depth profile unlike the other tokens'." in text
+    assert "`w8` from layer 1 to 9 (mean 0.76 against a median of 0.24; a depth profile unlike the other tokens')." in text
     assert "the layer mean rises with depth" in text
 
 

@@ -147,7 +147,7 @@ def test_few_settled_predictions_are_named_and_the_lead_says_few():
     v[6:, 3] = 0.8  # w3 -> w4 from layer 7, the only one of 19
     findings, text, doc = read(make(v, "logit-lens"))
     assert doc["lead"] == "Few predictions settle: 1 of the 19 reach 0.5 and hold it to the last layer."
-    assert "1 of the 19 predictions reach 0.5 and hold it to layer 12: `w3` → `w4` from layer 7." in text
+    assert "The one that settles: `w3` → `w4` from layer 7." in text
 
 
 def test_lens_highlights_are_probabilities_and_a_rank_figure_has_none():
