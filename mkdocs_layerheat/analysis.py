@@ -677,7 +677,7 @@ def _observations(f: Findings, heatmap: Heatmap) -> list[Observation]:
     """Candidate lead sentences with a salience score; the best `MAX_OBSERVATIONS`, most salient first.
     A known phenomenon comes first; a token reported as an anomaly gets no second observation."""
     out: list[Observation] = []
-    for kind in ("attention-sink", "massive-activation"):
+    for kind in ("attention-sink", "massive-activation", "position-bound"):
         if f.of(kind):
             out.append(Observation(kind, 1.0, {"items": f.of(kind)}))
     traced = f.metric in TRACES and reference(f.metric, heatmap.extras) is not None

@@ -26,7 +26,8 @@ from .catalog import METRICS, MetricRequest
 from .phenomena import LENSES, SOURCES, TRACES, Phenomenon, reference, sought
 
 NAMES = {"attention-sink": "Attention sinks", "massive-activation": "Massive activations",
-         "edge-effect": "Edge effect", "prediction-converges": "Predictions settle", "late-drop": "Late drops"}
+         "edge-effect": "Edge effect", "prediction-converges": "Predictions settle", "late-drop": "Late drops",
+         "position-bound": "Position bound"}
 DELIMITERS = {"␣", "↵", "⇥", "␣␣", "↵↵", ".", ",", ":", ";", "!", "?", "[SEP]", "[CLS]"}
 WHITESPACE = {"␣", "↵", "⇥", "␣␣", "↵↵"}
 PALE = 0.25  # the other cells span less than this share of the figure's scale: they look pale next to the rest
@@ -205,7 +206,7 @@ def _best(column: np.ndarray, layers: list[int], skip_last: bool) -> dict:
 
 def _groups(f: Findings) -> list[tuple[str, list[Phenomenon]]]:
     """The phenomena of a non-lens figure by kind, in reading order: sinks, massive activations, the edge."""
-    order = ("attention-sink", "massive-activation", "edge-effect")
+    order = ("attention-sink", "massive-activation", "edge-effect", "position-bound")
     return [(kind, f.of(kind)) for kind in order if f.of(kind)]
 
 
@@ -239,7 +240,7 @@ def _interpretation(f: Findings, tok, restore: str = "hidden", beside: tuple[str
         if others:
             out.append(f"{join([tok(p.tokens[0]) for p in others])} "
                        f"{'is a sink' if len(others) == 1 else 'are sinks'} away from the first position, as Gu et al. "
-                       f"2024 find on tokens that carry little meaning, often whitespace or delimiters.")
+                       f"2024 find on tokens that carry little meaning.")
     massive = f.of("massive-activation")
     if massive:
         names = join([tok(p.tokens[0]) for p in massive[:3]])

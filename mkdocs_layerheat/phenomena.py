@@ -15,6 +15,9 @@ left out of the bands and highlights (`aside`), so that they describe the rest o
   final third of the layers (nostalgebraist 2020; Belrose et al. 2023).
 - `edge-effect`: positions whose value averages over few queries (the end of `attention`) or whose query
   sees few keys (the start of `attention-entropy`), in a causal model.
+- `position-bound` (`attention-entropy`, causal): a query at position t spreads over at most t + 1 tokens, so
+  entropy grows along the text; said when Spearman's rho between the position and the token's mean entropy (the
+  edge left out) is at least `POSITION_RHO`.
 - `early-site` and `late-site` (`causal-trace`, `activation-patching`): the last corrupted token over the
   layers where restoring it recovers at least `SITE_SHARE` of the way from the corrupted run's value to the
   clean run's, and the last token from the first layer where it does so to the last (Meng et al. 2022).
@@ -35,6 +38,7 @@ CONVERGED_P = 0.5
 LATE_DROP = 0.3
 EDGE_SHARE = 0.1  # the edge: the last (first) max(3, 10% of the tokens) positions, seen by few queries (keys)
 SITE_SHARE = 0.5  # a site: restoring recovers at least half of what the corruption took
+POSITION_RHO = 0.7  # attention-entropy grows with the position: Spearman's rho of position and token mean, at least
 TRACES = ("causal-trace", "activation-patching")
 
 SOURCES = {
@@ -43,6 +47,7 @@ SOURCES = {
     "prediction-converges": "nostalgebraist 2020, the logit lens; Belrose et al. 2023, the tuned lens",
     "late-drop": "nostalgebraist 2020; Belrose et al. 2023",
     "edge-effect": "",
+    "position-bound": "",
     "early-site": "Meng et al. 2022, Locating and Editing Factual Associations in GPT",
     "late-site": "Meng et al. 2022, Locating and Editing Factual Associations in GPT",
 }
@@ -213,6 +218,34 @@ def reference(metric: str, trace: dict) -> tuple[float, float, tuple[int, int]] 
     return None
 
 
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1, ties given their mean rank (as Spearman's rho takes them)."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x))
+    for value in np.unique(x):
+        same = x == value
+        ranks[same] = ranks[same].mean()
+    return ranks
+
+
+def position_bound(raw: np.ndarray, layers: list[int], edge: list[int]) -> list[Phenomenon]:
+    """Entropy that grows along the text: the bound ln(t + 1) of a query at position t, not the text."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(raw, axis=0)
+    keep = [t for t in range(raw.shape[1]) if t not in edge and not np.isnan(means[t])]
+    if len(keep) < 8:
+        return []
+    a, b = _ranks(np.array(keep, dtype=float)), _ranks(means[keep])
+    if a.std() == 0 or b.std() == 0:
+        return []
+    rho = float(np.corrcoef(a, b)[0, 1])
+    if rho < POSITION_RHO:
+        return []
+    return [Phenomenon("position-bound", [], (layers[0], layers[-1]), rho, data={"rho": rho})]
+
+
 def sought(metric: str, low: float, high: float) -> bool:
     """Whether the corruption takes enough away for sites to mean something: a causal trace's noise must at
     least halve the answer's probability (activation patching's 0 and 1 are the two answers' own runs)."""
@@ -273,6 +306,8 @@ def detect(metric: str, raw: np.ndarray | None, shape: tuple[int, int], layers: 
     raw = np.asarray(raw, dtype=np.float64)
     if metric == "attention":
         found += sinks(raw, layers, edge)
+    elif metric == "attention-entropy" and causal:
+        found += position_bound(raw, layers, edge)
     elif metric in NORMS:
         found += massive(raw, layers, single_layer=metric != "hidden-norm")
     elif metric in LENSES:

@@ -1142,6 +1142,21 @@ class Reader:
             r"(?:; (?P<more>\d+) more falls? by 0\.3 or more)?\.$", late_drops, re.M)
         eat(r"(?:Single cells|The cells) that stand out most from their layer: (?P<items>.*?)(?:, and (?P<more>\d+) more tokens?)?\.$", shown, re.M)
 
+        # entropy that grows along the text: Spearman's rho of position and token mean, the edge left out
+        if self.metric == "attention-entropy":
+            keep = [t for t in range(self.n_tokens) if t not in self.edge and not np.isnan(self.raw[:, t]).all()]
+            means = quiet(np.nanmean, self.raw[:, keep], axis=0)
+
+            def ranks(x):
+                return np.array([np.mean(np.flatnonzero(np.sort(x) == v)) for v in x])
+            rho = float(np.corrcoef(ranks(np.array(keep, float)), ranks(means))[0, 1]) if len(keep) >= 8 else None
+            said = re.search(rf"Spearman's ρ between a token's position and its mean entropy is ({NUM})", text)
+            self.expect(bool(said) == (rho is not None and rho >= 0.7 and bool(self.edge or self.n_tokens >= 8)),
+                        f"entropy along the text (rho {rho})")
+            for m in re.finditer(rf"(?:Spearman's ρ between a token's position and its mean entropy is|ρ =) ({NUM})", text):
+                self.expect(rho is not None and close(m.group(1), rho), f"rho {m.group(1)} is not {rho}")
+            eat(rf"(?:Spearman's ρ between a token's position and its mean entropy is|\(ρ =) {NUM}|at most t \+ 1 tokens", lambda m: None)
+
         # interventions: what was corrupted and restored, the two runs' values, ROME's sites
         if self.metric in TRACES and self.reference() is not None:
             self.check_trace(eat)

@@ -298,3 +298,17 @@ def test_robust_colour_range_clips_the_massive_token_in_figure_and_words():
     assert not list(walk(plain["doc"], "Scatter")) and "98th percentile" not in RENDERER.narrative.markdown(
         heatmap, analyze(heatmap, values, heatmap.tokens, "global"), "global")
 
+
+
+def test_entropy_that_grows_with_the_position_is_said_as_the_bound_it_is():
+    """A query at position t spreads over at most t + 1 tokens: entropy that rises along the text is that bound,
+    said once (and first), not a band or a run of late tokens; a flat profile is not."""
+    rng = np.random.default_rng(3)
+    n = 30
+    v = np.log(np.arange(1, n + 1))[None, :] * rng.uniform(0.5, 0.9, (12, n))
+    findings, text, doc = read(make(v, "attention-entropy"))
+    (bound,) = [p for p in doc["phenomena"] if p["kind"] == "position-bound"]
+    assert bound["value"] > 0.9 and doc["lead"].startswith("Entropy grows along the text (ρ = ")
+    flat = rng.uniform(1.0, 1.2, (12, n))
+    findings, text, doc = read(make(flat, "attention-entropy"))
+    assert "position-bound" not in [p["kind"] for p in doc["phenomena"]] and "grows along the text" not in text
