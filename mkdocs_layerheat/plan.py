@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import re
@@ -112,16 +113,13 @@ def run(specs: list[HeatmapSpec], settings: Settings, log=_log) -> dict[HeatmapS
     if misses:
         remote = None
         if settings.warm_worker > 0:  # the worker computes them with the model it keeps loaded
-            from . import worker
-
-            remote = worker.compute(misses, found, settings, {ref: cached[ref] for ref in misses if ref in cached},
-                                    cache, log)
+            remote = _remote(misses, found, settings, {ref: cached[ref] for ref in misses if ref in cached}, cache, log)
         if remote is not None:
             outcomes.update(remote)
             for ref in misses:
                 cached.pop(ref, None)
         else:
-            compute_misses(misses, found, cache, settings, outcomes, log, cached)
+            outcomes.update(compute_misses(misses, found, cache, settings, log, cached))
     for model, count in cached.items():
         log.info(f"model {model}: {count} heatmaps, {count} cached")
     for problem in dict.fromkeys(cache.problems):
@@ -138,11 +136,110 @@ def run(specs: list[HeatmapSpec], settings: Settings, log=_log) -> dict[HeatmapS
 
 
 def compute_misses(misses: dict[ModelRef, list[HeatmapSpec]], found: Keys, cache: Cache, settings: Settings,
-                   outcomes: dict[HeatmapSpec, Outcome], log, cached: dict) -> None:
-    """Compute the misses model by model under the cache's lock, storing them (in this process or the warm worker's)."""
+                   log, cached: dict) -> dict[HeatmapSpec, Outcome]:
+    """The misses' outcomes, computed model by model under the cache's lock and stored (in this process or the
+    warm worker's); `cached`: per model, how many of its heatmaps the cache held (for its log line)."""
+    outcomes: dict[HeatmapSpec, Outcome] = {}
     with _lock(cache, log):
         for ref, todo in misses.items():
             _compute_model(ref, todo, found, cache, settings, outcomes, log, cached.pop(ref, 0))
+    return outcomes
+
+
+# -- the warm worker: the same computation in a process that keeps models loaded (worker.py carries it)
+
+
+def _remote(misses: dict[ModelRef, list[HeatmapSpec]], found: Keys, settings: Settings, cached: dict, cache: Cache,
+            log) -> dict[HeatmapSpec, Outcome] | None:
+    """The misses' outcomes from the warm worker, read from the cache it wrote; None when it cannot help."""
+    from . import worker
+
+    body = {
+        "settings": _settings_json(settings),
+        "models": [{"ref": dataclasses.asdict(ref), "fingerprint": found.fingerprints[ref], "cached": cached.get(ref, 0),
+                    "specs": [{"spec": _spec_json(spec), "key": found.keys[spec]} for spec in todo]}
+                   for ref, todo in misses.items()],
+    }
+    reply = worker.compute(body, Path(settings.cache_dir).resolve(), settings.warm_worker, f"{__name__}:serve_worker", log)
+    if reply is None:
+        return None
+    for level, message in reply["log"]:
+        log.log(level, message)
+    cache.problems.extend(reply["problems"])
+    computed = set(reply["computed"])
+    outcomes = {}
+    for spec in (spec for todo in misses.values() for spec in todo):
+        key = found.keys[spec]
+        failure = reply["results"].get(key, "the warm worker did not answer for it")
+        outcomes[spec] = Outcome(error=failure) if failure else Outcome(key=key, cache=cache, computed=key in computed)
+    return outcomes
+
+
+def serve_worker(cache_dir: str, idle: float) -> None:
+    """The warm worker's process (started by `worker.compute`): the code `worker.token()` describes loaded now."""
+    from . import catalog, extract, interventions, models, reducers, worker  # noqa: F401
+
+    worker.serve(Path(cache_dir), idle, _answer)
+
+
+def _answer(body: dict) -> dict:
+    """A compute request's answer: for each cache key, null (the entry is in the cache) or why there is none."""
+    from . import worker
+
+    settings = _settings_from(body["settings"])
+    settings = dataclasses.replace(settings, keep_models=max(1, settings.keep_models))
+    found, misses, cached = Keys({}, {}, {}, {}), {}, {}
+    for model in body["models"]:
+        ref = ModelRef(**model["ref"])
+        found.fingerprints[ref], cached[ref] = str(model["fingerprint"]), int(model["cached"])
+        misses[ref] = []
+        for item in model["specs"]:
+            spec = _spec_from(item["spec"])
+            found.keys[spec], found.refs[spec] = str(item["key"]), ref
+            misses[ref].append(spec)
+    handler = worker.Collect()
+    log = logging.getLogger("layerheat.worker.request")
+    log.handlers[:] = [handler]
+    log.propagate, log.level = False, logging.DEBUG
+    cache = Cache(settings.cache_dir)
+    outcomes = compute_misses(misses, found, cache, settings, log, cached)
+    return {"status": "ok", "results": {found.keys[spec]: o.error for spec, o in outcomes.items()},
+            "computed": [found.keys[spec] for spec, o in outcomes.items() if o.computed],
+            "log": handler.records, "problems": list(cache.problems)}
+
+
+_TUPLES = ("heads", "layers")  # spec fields held as tuples, sent as lists
+
+
+def _spec_json(spec: HeatmapSpec) -> dict:
+    if spec.compare is not None or spec.panels:
+        raise ValueError("a block's sides are computed, not the block")
+    return {f.name: list(v) if isinstance(v := getattr(spec, f.name), tuple) else v
+            for f in dataclasses.fields(spec) if f.name not in ("compare", "panels")}
+
+
+def _spec_from(data: dict) -> HeatmapSpec:
+    return HeatmapSpec(**{k: tuple(v) if k in _TUPLES and v is not None else v for k, v in data.items()})
+
+
+def _settings_json(settings: Settings) -> dict:
+    out = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if f.name in ("base_dir", "cache_dir"):
+            value = str(Path(value).resolve())
+        elif f.name == "model_dirs":
+            value = [str(Path(p).resolve()) for p in value]
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def _settings_from(data: dict) -> Settings:
+    return Settings(**{**data, "base_dir": Path(data["base_dir"]), "cache_dir": Path(data["cache_dir"]),
+                       "model_dirs": tuple(Path(p) for p in data["model_dirs"]),
+                       "trust_remote_code": tuple(data["trust_remote_code"])})
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from mkdocs.plugins import BasePlugin, get_plugin_logger
 from mkdocs.structure.files import File, Files
 from mkdocs.utils import get_relative_url
 
-from . import plan
+from . import plan, worker
 from .catalog import DTYPES
 from .directives import Block, find_blocks, replace_blocks
 from .figures import Figures, settings
@@ -71,6 +71,12 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
 
     def on_startup(self, *, command, dirty) -> None:
         self.serving = command == "serve"  # models then stay loaded between rebuilds
+
+    def on_shutdown(self) -> None:
+        """`mkdocs serve` ends: its warm worker goes with it (after a build it stays, for the next build)."""
+        stage = getattr(self, "stage", None)
+        if self.serving and stage is not None and stage.settings.warm_worker > 0:
+            worker.stop(stage.settings.cache_dir)
 
     def on_config(self, config):
         self.project_dir = Path(config.config_file_path or ".").resolve().parent

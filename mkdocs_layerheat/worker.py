@@ -3,15 +3,18 @@
 A fresh `mkdocs build` that must compute one edited block spends most of its time starting torch and
 transformers and loading the model (about 3 s for a 135M model on a CPU), then 0.1 s computing. With
 `warm_worker: <idle seconds>` (or `LAYERHEAT_WORKER=<idle seconds>`), a build hands its cache misses to
-a worker process instead: the worker runs the same code as the build would (`plan.compute_misses`),
-takes the cache lock, writes the entries, and sends the heatmaps and its log lines back. It keeps the
+a worker process instead: the worker runs the same code as the build would (`plan.compute_misses`,
+handed to `serve`: this module knows nothing of plans),
+takes the cache lock, writes the entries, and answers, for each cache key, null or why there is no entry,
+with its log lines; the build reads the entries from the cache. It keeps the
 last model loaded and exits by itself after `idle` seconds without a request, or as soon as its socket
 disappears (the cache was cleared).
 
 The worker is started on first need, detached (its own session, stdio to `worker/log`), so that a
 build, a CI job or a test never waits for it to end. It listens on a Unix socket in `cache_dir/worker/`
 (or, when that path is too long for a socket, in the temporary folder, named by the cache's path).
-Messages are pickles signed with a key only the user can read (`worker/key`, mode 0600). A worker
+Messages are JSON, signed with a key only the user can read (`worker/key`, mode 0600), each request with
+a nonce and a time so that a replayed one is refused; nothing is unpickled. A worker
 running other code (the package, torch or transformers changed, another interpreter, other
 environment variables that change the numbers) answers "stale" and exits; the build then starts a
 new one. Whenever the worker cannot be reached or fails, the build computes in its own process,
@@ -20,12 +23,11 @@ with identical results.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import hmac
 import logging
 import os
-import pickle
+import json
 import socket
 import struct
 import subprocess
@@ -33,14 +35,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from .cache import Cache, library_versions, source_hash
+from .cache import library_versions, source_hash
 
-PROTOCOL = 1
+PROTOCOL = 2  # JSON messages with nonces (1: pickles)
 DEFAULT_IDLE = 600  # seconds, for LAYERHEAT_WORKER=on
 START_TIMEOUT = 30.0  # seconds to wait for a new worker's socket
 _HEADER = struct.Struct("!Q32s")  # payload length, HMAC-SHA256 of the payload
+MAX_MESSAGE = 1 << 28  # bytes: a longer one is refused before it is read
+REQUEST_TTL = 120.0  # seconds: an older request is refused (and one seen before, whatever its age)
 _ENV_PREFIXES = ("OMP_", "MKL_", "CUDA_", "HF_", "TRANSFORMERS_", "TORCH", "PYTORCH_", "PYTHON")
 _log = logging.getLogger("mkdocs.plugins.layerheat")
 
@@ -78,16 +82,6 @@ def socket_path(cache_dir: str | Path) -> Path:
     return Path(tempfile.gettempdir(), f"layerheat-{os.getuid()}-{digest}.sock")
 
 
-@dataclasses.dataclass
-class _Packed:
-    """What travels in one compute request."""
-
-    misses: dict  # ModelRef -> [HeatmapSpec]
-    found: Any  # plan.Keys, trimmed to the misses
-    settings: Any  # plan.Settings
-    cached: dict  # ModelRef -> entries already cached (for the per-model log line)
-
-
 def token() -> str:
     """What the computation depends on besides the request: our code, the libraries, the interpreter, the environment."""
     env = sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES))
@@ -96,10 +90,13 @@ def token() -> str:
 
 
 # -- messages ------------------------------------------------------------------------------------
+# A message is JSON, signed with HMAC-SHA256 under the worker's key. A request carries a fresh nonce and the
+# time it was sent; the worker refuses one it has seen (a replay) or one older than REQUEST_TTL, and answers
+# with the request's nonce, which the build checks. Nothing is ever unpickled.
 
 
-def _send(sock: socket.socket, key: bytes, obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+def _send(sock: socket.socket, key: bytes, message: dict) -> None:
+    data = json.dumps(message, ensure_ascii=False).encode("utf-8")
     sock.sendall(_HEADER.pack(len(data), hmac.new(key, data, hashlib.sha256).digest()) + data)
 
 
@@ -114,12 +111,30 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def _recv(sock: socket.socket, key: bytes) -> Any:
+def _recv(sock: socket.socket, key: bytes) -> dict:
     length, mac = _HEADER.unpack(_recv_exactly(sock, _HEADER.size))
+    if length > MAX_MESSAGE:
+        raise ValueError(f"message of {length} bytes")
     data = _recv_exactly(sock, length)
     if not hmac.compare_digest(mac, hmac.new(key, data, hashlib.sha256).digest()):
         raise PermissionError("message not signed with the worker's key")
-    return pickle.loads(data)
+    message = json.loads(data.decode("utf-8"))
+    if not isinstance(message, dict):
+        raise ValueError("message is not a JSON object")
+    return message
+
+
+def _request(op: str, **body: Any) -> dict:
+    return {"op": op, "nonce": os.urandom(16).hex(), "sent": time.time(), **body}
+
+
+def _exchange(sock: socket.socket, key: bytes, request: dict) -> dict:
+    """Send a request, receive its answer: one that does not carry the request's nonce is no answer to it."""
+    _send(sock, key, request)
+    reply = _recv(sock, key)
+    if reply.get("nonce") != request["nonce"]:
+        raise PermissionError("reply to another request")
+    return reply
 
 
 def _key(directory: Path, create: bool) -> bytes | None:
@@ -138,30 +153,15 @@ def _key(directory: Path, create: bool) -> bytes | None:
 # -- the build's side ------------------------------------------------------------------------------
 
 
-def compute(misses: dict, found: Any, settings: Any, cached: dict, cache: Cache, log=_log) -> dict | None:
-    """Outcomes of the misses computed by the warm worker (started if needed), or None when it cannot help.
-
-    `cached`: per model, how many of its heatmaps were found in the cache (for its log line).
-    The worker's log lines are logged here, and the cache problems it met are added to `cache.problems`.
-    """
-    from .plan import Keys
-
+def compute(body: dict, cache_dir: Path, idle: int, entry: str, log=_log) -> dict | None:
+    """The warm worker's answer to a compute request (`body`: what `entry`'s handler reads), the worker started
+    if needed (`entry`: "module:function" that serves, see `serve`); None when it cannot help, and the build
+    computes in its own process."""
     if not hasattr(socket, "AF_UNIX"):  # Windows
         return None
-    specs = [spec for todo in misses.values() for spec in todo]
-    settings = dataclasses.replace(
-        settings, base_dir=Path(settings.base_dir).resolve(), cache_dir=Path(settings.cache_dir).resolve()
-    )
-    trimmed = Keys(
-        {spec: found.keys[spec] for spec in specs},
-        {spec: found.refs[spec] for spec in specs},
-        {ref: found.fingerprints[ref] for ref in misses},
-        {},
-    )
-    request = ("compute", token(), _Packed(dict(misses), trimmed, settings, dict(cached)))
     for attempt in range(2):
         try:
-            connection = _connect(settings.cache_dir, settings.warm_worker, replace=attempt > 0)
+            connection = _connect(cache_dir, idle, entry, replace=attempt > 0)
         except Exception as exc:  # an unreadable key, a socket path that is not a socket...
             log.debug(f"cannot reach the warm worker ({type(exc).__name__}: {exc}); computing in this process")
             return None
@@ -170,25 +170,17 @@ def compute(misses: dict, found: Any, settings: Any, cached: dict, cache: Cache,
         sock, key = connection
         try:
             with sock:
-                _send(sock, key, request)
-                reply = _recv(sock, key)
+                reply = _exchange(sock, key, _request("compute", token=token(), idle=idle, body=body))
         except Exception as exc:  # the worker died, was killed, or sent garbage: compute here
             log.debug(f"warm worker failed ({type(exc).__name__}: {exc}); computing in this process")
             return None
-        if reply[0] == "stale":
+        if reply.get("status") == "stale":
             log.debug("warm worker runs other code; starting a new one")
             continue
-        if reply[0] != "ok":
-            log.debug(f"warm worker failed: {reply[1:]}; computing in this process")
+        if reply.get("status") != "ok":
+            log.debug(f"warm worker failed: {reply.get('message')}; computing in this process")
             return None
-        outcomes, records, problems = reply[1:]
-        for level, message in records:
-            log.log(level, message)
-        cache.problems.extend(problems)
-        for outcome in outcomes.values():
-            if outcome.loaded is None and outcome.key:
-                outcome.cache = cache  # found cached by the worker: read on first use
-        return outcomes
+        return reply
     return None
 
 
@@ -202,7 +194,7 @@ def _try_connect(path: Path) -> socket.socket | None:
         return None
 
 
-def _connect(cache_dir: Path, idle: int, replace: bool = False) -> tuple[socket.socket, bytes] | None:
+def _connect(cache_dir: Path, idle: int, entry: str, replace: bool = False) -> tuple[socket.socket, bytes] | None:
     """A connection to the cache's worker and its key: the running one, else one started now."""
     directory, path = worker_dir(cache_dir), socket_path(cache_dir)
     if not replace:
@@ -222,7 +214,7 @@ def _connect(cache_dir: Path, idle: int, replace: bool = False) -> tuple[socket.
             if not replace and (sock := _try_connect(path)) is not None:
                 return sock, key  # another build started it while we waited for the lock
             path.unlink(missing_ok=True)  # a dead worker's socket, or a stale one's (which then leaves it alone)
-            process = _spawn(cache_dir, idle)
+            process = _spawn(cache_dir, idle, entry)
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline:
                 if (sock := _try_connect(path)) is not None:
@@ -237,42 +229,44 @@ def _connect(cache_dir: Path, idle: int, replace: bool = False) -> tuple[socket.
     return None
 
 
-def _spawn(cache_dir: Path, idle: int) -> subprocess.Popen:
+_ENTRY = "import importlib, sys; m, f = sys.argv[1].split(':'); getattr(importlib.import_module(m), f)(sys.argv[2], float(sys.argv[3]))"
+
+
+def _spawn(cache_dir: Path, idle: int, entry: str) -> subprocess.Popen:
     directory = worker_dir(cache_dir)
     with open(directory / "log", "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mkdocs_layerheat.worker", str(Path(cache_dir).resolve()), str(idle)],
+            [sys.executable, "-c", _ENTRY, entry, str(Path(cache_dir).resolve()), str(idle)],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             cwd=str(directory), start_new_session=True, close_fds=True,
         )
     return process
 
 
-def _ask(cache_dir: str | Path, request: tuple) -> Any:
+def _ask(cache_dir: str | Path, op: str) -> dict | None:
     key = _key(worker_dir(cache_dir), create=False)
     sock = _try_connect(socket_path(cache_dir)) if key else None
     if sock is None:
         return None
     try:
         with sock:
-            _send(sock, key, request)
-            return _recv(sock, key)
+            return _exchange(sock, key, _request(op))
     except (OSError, EOFError, ValueError):
         return None
 
 
 def running(cache_dir: str | Path) -> int | None:
     """The process id of the cache's worker, if one is running."""
-    reply = _ask(cache_dir, ("ping",))
-    return reply[1] if reply else None
+    reply = _ask(cache_dir, "ping")
+    return reply["pid"] if reply else None
 
 
 def stop(cache_dir: str | Path, timeout: float = 10.0) -> bool:
     """Ask the cache's worker to exit and wait until it has; False when none was running."""
-    reply = _ask(cache_dir, ("stop",))
+    reply = _ask(cache_dir, "stop")
     if reply is None:
         return False
-    pid = reply[1]
+    pid = reply["pid"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.02)
@@ -295,7 +289,7 @@ def _alive(pid: int) -> bool:
 # -- the worker's side ---------------------------------------------------------------------------
 
 
-class _Collect(logging.Handler):
+class Collect(logging.Handler):
     """Keeps the log records of one request, to be logged again by the build that sent it."""
 
     def __init__(self) -> None:
@@ -309,30 +303,13 @@ class _Collect(logging.Handler):
         self.records.append((record.levelno, message))
 
 
-def _handle(packed: _Packed) -> tuple:
-    from . import plan
-
-    handler = _Collect()
-    log = logging.getLogger("layerheat.worker.request")
-    log.handlers[:] = [handler]
-    log.propagate, log.level = False, logging.DEBUG
-    settings = dataclasses.replace(packed.settings, keep_models=max(1, packed.settings.keep_models))
-    cache = Cache(settings.cache_dir)
-    outcomes: dict = {}
-    plan.compute_misses(packed.misses, packed.found, cache, settings, outcomes, log, dict(packed.cached))
-    for outcome in outcomes.values():
-        outcome.cache = None  # the build reads cached entries through its own
-    return "ok", outcomes, handler.records, list(cache.problems)
-
-
-def serve(cache_dir: Path, idle: float) -> None:
-    """Answer requests on the cache's socket until `idle` seconds pass without one, or the socket is removed."""
+def serve(cache_dir: Path, idle: float, handle: Callable[[dict], dict]) -> None:
+    """Answer requests on the cache's socket until `idle` seconds pass without one, or the socket is removed;
+    `handle(body)` answers a compute request's body with a JSON object (`status` "ok", or "error")."""
     directory, path = worker_dir(cache_dir), socket_path(cache_dir)
     key = _key(directory, create=False)
     if key is None:
         return
-    from . import catalog, extract, models, plan, reducers  # noqa: F401  the code that `token()` describes, loaded now
-
     me = token()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # the socket file: the user only
@@ -345,6 +322,7 @@ def serve(cache_dir: Path, idle: float) -> None:
     listener.settimeout(1.0)
     print(f"layerheat worker {os.getpid()} on {path}, idle timeout {idle:g} s", flush=True)
     last = time.monotonic()
+    seen: dict[str, float] = {}  # nonces of the requests answered, with their times (a replay is refused)
     try:
         while True:
             try:
@@ -356,36 +334,56 @@ def serve(cache_dir: Path, idle: float) -> None:
             with conn:
                 conn.settimeout(60.0)
                 try:
-                    request = _recv(conn, key)
-                except (OSError, EOFError, ValueError, PermissionError, pickle.UnpicklingError) as exc:
-                    print(f"bad request: {type(exc).__name__}: {exc}", flush=True)
+                    request = _checked(_recv(conn, key), seen)
+                except (OSError, EOFError, ValueError, PermissionError, KeyError, TypeError) as exc:
+                    print(f"bad request refused: {type(exc).__name__}: {exc}", flush=True)
                     continue
                 conn.settimeout(None)
-                if request[0] == "ping":
-                    _reply(conn, key, ("pong", os.getpid()))
+                answer = {"nonce": request["nonce"], "pid": os.getpid()}
+                if request["op"] == "ping":
+                    _reply(conn, key, {**answer, "status": "pong"})
                     continue
-                if request[0] == "stop":
-                    _reply(conn, key, ("stopped", os.getpid()))
+                if request["op"] == "stop":
+                    _reply(conn, key, {**answer, "status": "stopped"})
                     return
-                if request[1] != me:
-                    _reply(conn, key, ("stale", os.getpid()))
+                if request.get("token") != me:
+                    _reply(conn, key, {**answer, "status": "stale"})
                     return
                 started = time.perf_counter()
                 try:
-                    reply = _handle(request[2])
+                    reply = handle(request["body"])
                 except Exception as exc:
                     import traceback
 
                     traceback.print_exc()
-                    reply = ("error", f"{type(exc).__name__}: {exc}")
-                _reply(conn, key, reply)
-                idle = max(1, int(request[2].settings.warm_worker))  # the latest build's setting wins
+                    reply = {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
+                _reply(conn, key, {**reply, **answer})
+                idle = max(1, int(request.get("idle") or idle))  # the latest build's setting wins
                 print(f"request done in {time.perf_counter() - started:.2f} s", flush=True)
             last = time.monotonic()
     finally:
         listener.close()
         if _still_ours(path, inode):
             path.unlink(missing_ok=True)
+
+
+def _checked(request: dict, seen: dict[str, float]) -> dict:
+    """A signed request's envelope, refused when it is malformed, seen before, or too old to be a new one."""
+    now = time.time()
+    for nonce, at in list(seen.items()):
+        if now - at > 2 * REQUEST_TTL:
+            del seen[nonce]
+    nonce, sent, op = request["nonce"], request["sent"], request["op"]
+    if not isinstance(nonce, str) or len(nonce) != 32 or op not in ("ping", "stop", "compute"):
+        raise ValueError("malformed request")
+    if not isinstance(sent, (int, float)) or abs(now - sent) > REQUEST_TTL:
+        raise PermissionError("request too old (or from the future): a replay")
+    if nonce in seen:
+        raise PermissionError("request seen before: a replay")
+    if op == "compute" and not isinstance(request.get("body"), dict):
+        raise ValueError("compute request without a body")
+    seen[nonce] = now
+    return request
 
 
 def _reply(conn: socket.socket, key: bytes, reply: Any) -> None:
@@ -405,7 +403,3 @@ def _still_ours(path: Path, inode: tuple[int, int, int]) -> bool:
         return _identity(path) == inode
     except OSError:
         return False
-
-
-if __name__ == "__main__":
-    serve(Path(sys.argv[1]), float(sys.argv[2]))
