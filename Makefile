@@ -40,6 +40,7 @@ browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
 
 test: setup model browser
+	$(BIN)/ruff check mkdocs_layerheat tests bench
 	$(BIN)/pytest
 
 clean:

@@ -16,14 +16,15 @@ A token stands out at a layer
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .heatmap import Heatmap, normalize as rescale, robust_range
+from .heatmap import Heatmap, quiet, robust_range
+from .heatmap import normalize as rescale
 from .labels import display_labels
-from .phenomena import LENSES, TRACES, Phenomenon, aside as aside_mask, detect, reference, sought, true_runs
+from .phenomena import LENSES, TRACES, Phenomenon, detect, reference, true_runs
+from .phenomena import aside as aside_mask
 
 HIGH, LOW = 2 / 3, 1 / 3  # thresholds on the unit scale: top third, bottom third
 STANDS_OUT = 0.25  # above the layer's median, on the unit scale
@@ -181,12 +182,6 @@ class Findings:
         return [a for a in self.anomalies if a.kind == "profile"]
 
 
-def _quiet(func, *args, **kwargs):
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return func(*args, **kwargs)
-
-
 def _kind(u: np.ndarray, stands: np.ndarray) -> str | None:
     """The kind of a set of cells (one layer's, or a whole band's): `u` on the unit scale without NaN,
     `stands` whether each cell stands out from its layer. None when there is no cell."""
@@ -316,7 +311,7 @@ def _dominant(u_all: np.ndarray) -> list[int]:
     token's (on the figure's 0-1 scale)."""
     if u_all.shape[1] <= 3:
         return []
-    means = np.nan_to_num(_quiet(np.nanmean, u_all, axis=0), nan=0.0)
+    means = np.nan_to_num(quiet(np.nanmean, u_all, axis=0), nan=0.0)
     typical = float(np.median(means))
     has_row = ~np.isnan(u_all).all(axis=1)
     top = np.bincount(np.argmax(np.nan_to_num(u_all, nan=-np.inf), axis=1)[has_row], minlength=u_all.shape[1])
@@ -447,7 +442,7 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
     span = scale_high - scale_low
     u = (v - scale_low) / span if span > 0 else np.where(valid, 0.0, np.nan)
     ur, valid_r = u[:, kept], valid[:, kept]
-    median_u = _quiet(np.nanmedian, ur, axis=1)  # NaN for a layer without values
+    median_u = quiet(np.nanmedian, ur, axis=1)  # NaN for a layer without values
     contrast = u - median_u[:, None]
     stands = np.nan_to_num(contrast, nan=-np.inf) >= STANDS_OUT - 1e-12
     stands &= np.nan_to_num(u, nan=-np.inf) >= LOW - 1e-12
@@ -456,14 +451,14 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
         differs = _raw_stands(np.asarray(heatmap.values, dtype=np.float64), v, kept)
         flat = ~(differs[:, kept] & valid[:, kept]).any(axis=1) & valid.any(axis=1)
         stands &= differs
-    layer_means = _quiet(np.nanmean, rest, axis=1)
-    layer_medians = _quiet(np.nanmedian, rest, axis=1)
+    layer_means = quiet(np.nanmean, rest, axis=1)
+    layer_medians = quiet(np.nanmedian, rest, axis=1)
 
     # 2. bands, and the bands of each kind taken together
     kinds = _layer_kinds(ur, valid_r, stands[:, kept])
     if constant:
         kinds = ["uniform-low"] * n_layers
-    segments = _segments(kinds, _quiet(np.nanmean, ur, axis=1))
+    segments = _segments(kinds, quiet(np.nanmean, ur, axis=1))
     if flat.any():  # layers said to be flat are no band's: the text says what they are
         segments = [[first + a, first + b, kind] for first, last, kind in segments
                     for a, b in true_runs(~flat[first:last + 1])]
@@ -479,15 +474,15 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
         cells_u, cells_v = ur[rows][valid_r[rows]], rest[rows][valid_r[rows]]
         if cells_v.size == 0:
             cells_u = cells_v = np.array([np.nan])
-        p10, p90 = _quiet(np.nanpercentile, cells_v, [10, 90])
+        p10, p90 = quiet(np.nanpercentile, cells_v, [10, 90])
         high_tokens = []
         if kind == "differentiating" and normalize != "layer":  # (a row scaled on its own says no level)
-            band_means = _quiet(np.nanmean, ur[rows], axis=0)
+            band_means = quiet(np.nanmean, ur[rows], axis=0)
             order = np.argsort(-np.nan_to_num(band_means, nan=-1), kind="stable")
             high_tokens = [int(kept_idx_all[i]) for i in order if band_means[i] >= HIGH]
         return Band(
             first_layer=layers[spans[0][0]], last_layer=layers[spans[-1][1]], kind=kind,
-            mean=float(_quiet(np.nanmean, cells_v)), rows=(spans[0][0], spans[-1][1]),
+            mean=float(quiet(np.nanmean, cells_v)), rows=(spans[0][0], spans[-1][1]),
             share_high=float(np.mean(cells_u >= HIGH)), share_low=float(np.mean(cells_u <= LOW)),
             p10=float(p10), p90=float(p90), outliers=int(stands[rows][:, kept].sum()),
             outlier_cells=outlier_cells, high_tokens=high_tokens,
@@ -515,7 +510,7 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
             finding.peak_median = float(layer_medians[r])
             if heatmap.metric in LENSES and raw_known:
                 finding.peak_raw = float(raw[r, t])
-                finding.peak_raw_median = float(_quiet(np.nanmedian, np.where(np.isnan(v[r]), np.nan, raw[r])[kept]))
+                finding.peak_raw_median = float(quiet(np.nanmedian, np.where(np.isnan(v[r]), np.nan, raw[r])[kept]))
             finding.peak_contrast, finding.stands_out = float(peak_contrast[t]), bool(peak_stands[t])
         if run_len[t] >= min_run:
             first, last = int(run_end[t] - run_len[t] + 1), int(run_end[t])
@@ -529,7 +524,7 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
     listed = {f.index: f.sustained for f in runs[:MAX_RUNS]}  # the runs the summary lists
 
     # 4. anomalies: dominant tokens, then tokens whose depth profile is unlike the typical one
-    token_means = _quiet(np.nanmean, v, axis=0)
+    token_means = quiet(np.nanmean, v, axis=0)
     token_kinds = list(heatmap.kinds)  # Heatmap guarantees one kind per token
     anomalies: list[Anomaly] = []
     for t in dominant:
@@ -599,7 +594,7 @@ def _raw_stands(raw: np.ndarray, analysed: np.ndarray, kept: np.ndarray) -> np.n
     (over the analysed cells): each layer scaled to 0-1 on its own stretches any difference over the whole
     colour range, so a cell only stands out where the raw values also differ."""
     cells = np.where(np.isnan(analysed), np.nan, raw)
-    median = _quiet(np.nanmedian, cells[:, kept], axis=1)
+    median = quiet(np.nanmedian, cells[:, kept], axis=1)
     return np.nan_to_num(cells, nan=-np.inf) >= FLAT_RATIO * np.nan_to_num(median, nan=np.inf)[:, None] - 1e-12
 
 

@@ -10,12 +10,10 @@ import tempfile
 import time
 import zipfile
 from dataclasses import fields
-from functools import lru_cache
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # numpy and the Heatmap type load only when an entry is read or written
     from .heatmap import Heatmap
@@ -31,12 +29,12 @@ def _version(package: str) -> str:
         return "none"
 
 
-@lru_cache(maxsize=None)
+@cache
 def library_versions() -> dict[str, str]:
     return {name: _version(name) for name in ("mkdocs-layerheat", "transformers", "torch")}
 
 
-@lru_cache(maxsize=None)
+@cache
 def source_hash(*paths: Path) -> str:
     """A hash of source files, so that a change of the code (not only of its version) invalidates entries."""
     digest = hashlib.sha256()

@@ -91,7 +91,9 @@ METRICS: dict[str, Metric] = {
         Metric(
             name="mlp-norm",
             label="MLP update norm",
-            definition="MLP-sublayer norm: the L2 norm of what the MLP sublayer of block l adds to the token's residual stream",
+            definition=(
+                "MLP-sublayer norm: the L2 norm of what the MLP sublayer of block l adds to the token's residual stream"
+            ),
             site="sublayer",
         ),
         Metric(
@@ -151,7 +153,8 @@ METRICS: dict[str, Metric] = {
             name="activation-patching",
             label="logit difference restored",
             definition=(
-                "patching effect (activation patching): the share of the logit difference between the clean answer and the corrupted "
+                "patching effect (activation patching): the share of the logit difference between the clean answer "
+                "and the corrupted "
                 "text's answer that patching this token's block-l output from the clean run into the corrupted run "
                 "restores (1: the clean behaviour, 0: no effect)"
             ),

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from .heatmap import NORMALIZATIONS
 from .catalog import AGGREGATES, COLOR_RANGES, DEFAULT_MAX_TOKENS, DTYPES, METRICS, RESTORES
+from .heatmap import NORMALIZATIONS
 
 
 @click.group()
@@ -36,7 +36,8 @@ def main() -> None:
 @click.option("--noise", type=float, help="causal-trace: noise scale in standard deviations of the embeddings (default 3).")
 @click.option("--seed", type=click.IntRange(min=0), help="causal-trace: seed of the noise (default 1).")
 @click.option("--restore", type=click.Choice(RESTORES), help="causal-trace: what is restored (default hidden).")
-@click.option("--window", type=click.IntRange(min=1), help="causal-trace with --restore mlp/attn: layers restored together (10).")
+@click.option("--window", type=click.IntRange(min=1),
+              help="causal-trace with --restore mlp/attn: layers restored together (10).")
 @click.option("--corrupt", help="activation-patching: the corrupted text, of the same token length.")
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
@@ -254,7 +255,8 @@ def clear(config_file: Path) -> None:
 @main.command()
 @click.argument("heatmap_files", metavar="HEATMAP.json...", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the lead, phenomena, highlights, bands, tokens and the text as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the lead, phenomena, highlights, bands, tokens and the text as JSON.")
 @click.option("--color-range", type=click.Choice(COLOR_RANGES), default="full", show_default=True,
               help="The figure's colour range: `robust` says which cells its colours clip.")
 @click.option("--templates", type=click.Path(exists=True, file_okay=False, path_type=Path),

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .analysis import _quiet
-from .heatmap import Heatmap, normalize
+from .heatmap import Heatmap, normalize, quiet
 
 BAND_SHARE = 0.5  # the layers where the difference concentrates: mean |Δ| at least half of the largest
 TOP_TOKENS = 3  # tokens named as changing most
@@ -81,7 +80,7 @@ def difference(a: Heatmap, b: Heatmap, va: np.ndarray, vb: np.ndarray) -> Differ
     """Where and how much (b) differs from (a), given both on their shared scale (`va`, `vb`)."""
     layers = [int(x) for x in a.layers]
     both = np.concatenate([va.ravel(), vb.ravel()])
-    scale = float(_quiet(np.nanmax, both) - _quiet(np.nanmin, both))
+    scale = float(quiet(np.nanmax, both) - quiet(np.nanmin, both))
     scale = scale if scale > 0 else 1.0  # constant or empty: any difference is measured against 1
     if not aligned(a, b):
         return _profiles(a, b, va, vb, scale)
@@ -99,7 +98,7 @@ def difference(a: Heatmap, b: Heatmap, va: np.ndarray, vb: np.ndarray) -> Differ
     if out.identical:
         return out
     out.first_position = int(np.argmax(np.nan_to_num(np.abs(d), nan=0.0).max(axis=0) > tiny))
-    per_layer = np.nan_to_num(_quiet(np.nanmean, np.abs(d), axis=1), nan=0.0)
+    per_layer = np.nan_to_num(quiet(np.nanmean, np.abs(d), axis=1), nan=0.0)
     top = int(np.argmax(per_layer))
     first = last = top  # the run of layers around the largest one that stay above BAND_SHARE of it
     while first > 0 and per_layer[first - 1] >= BAND_SHARE * per_layer[top]:
@@ -107,7 +106,7 @@ def difference(a: Heatmap, b: Heatmap, va: np.ndarray, vb: np.ndarray) -> Differ
     while last < len(layers) - 1 and per_layer[last + 1] >= BAND_SHARE * per_layer[top]:
         last += 1
     out.band = (layers[first], layers[last], float(per_layer[first:last + 1].mean()))
-    per_token = np.nan_to_num(_quiet(np.nanmean, np.abs(d), axis=0), nan=0.0)
+    per_token = np.nan_to_num(quiet(np.nanmean, np.abs(d), axis=0), nan=0.0)
     for index in np.argsort(-per_token, kind="stable")[:TOP_TOKENS]:
         if per_token[index] <= out.mean_abs or per_token[index] <= tiny:
             break
@@ -119,7 +118,7 @@ def difference(a: Heatmap, b: Heatmap, va: np.ndarray, vb: np.ndarray) -> Differ
 
 def _profiles(a: Heatmap, b: Heatmap, va: np.ndarray, vb: np.ndarray, scale: float) -> Difference:
     """Matrices that do not line up: compare where each one's layer means peak, and how their profiles correlate."""
-    ma, mb = (np.nan_to_num(_quiet(np.nanmean, v, axis=1), nan=-np.inf) for v in (va, vb))
+    ma, mb = (np.nan_to_num(quiet(np.nanmean, v, axis=1), nan=-np.inf) for v in (va, vb))
     out = Difference(values=None, layers=[int(x) for x in a.layers], scale=scale)
     out.peak_layers = (int(a.layers[int(np.argmax(ma))]), int(b.layers[int(np.argmax(mb))]))
     finite = np.isfinite(ma) & np.isfinite(mb) if a.layers == b.layers else np.zeros(0, bool)

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from .heatmap import Heatmap
-from .catalog import DEFAULT_MAX_TOKENS, METRICS, MetricRequest
-from .reducers import AttentionStats, MetricError, combine_heads, hidden_norm, sublayer_updates, update
 from . import interventions
+from .catalog import DEFAULT_MAX_TOKENS, METRICS, MetricRequest
+from .heatmap import Heatmap
 from .models import ATTENTION_OBSERVERS, LoadedModel, ModelError, first_line
+from .reducers import AttentionStats, MetricError, combine_heads, hidden_norm, sublayer_updates, update
 
 LENS_CHUNK_BYTES = 32 << 20  # logits of one chunk of tokens, [chunk, vocab] float32
 PREDICTED = ("logit-lens", "logit-lens-rank")  # lens metrics about one token (the next one, or the target)
@@ -57,12 +57,6 @@ class Sequence:
 
 
 # --------------------------------------------------------------------------- texts
-
-
-def tokenize(loaded: LoadedModel, text: str, max_tokens: int) -> tuple[list[int], list[str], list[bool]]:
-    """Token ids of `text`, the exact text piece each one stands for, and which are special tokens."""
-    seq = prepare(loaded, TextInput(text, max_tokens=max_tokens))
-    return seq.ids, seq.pieces, seq.special
 
 
 def prepare(loaded: LoadedModel, source: TextInput) -> Sequence:
@@ -322,7 +316,7 @@ def _intervene(loaded: LoadedModel, source: TextInput, seq: Sequence, request: M
         else:
             corrupt = prepare(loaded, TextInput(request.corrupt, source.chat, 0, source.max_tokens))
             values, trace = interventions.activation_patching(loaded, seq.ids, corrupt.ids, request, rows)
-    except interventions.InterventionError as exc:
+    except (interventions.InterventionError, ModelError) as exc:
         return ExtractionError(str(exc))
     except ExtractionError as exc:
         return ExtractionError(f"corrupt: {exc}")
@@ -404,14 +398,10 @@ def _check(loaded: LoadedModel, request: MetricRequest, seq: Sequence) -> None:
 
 
 def _target_id(loaded: LoadedModel, target: str) -> int:
-    ids = loaded.tokenizer(target, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        pieces = [loaded.tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
-        raise ExtractionError(
-            f"target {target!r} is {len(ids)} tokens for this tokenizer ({', '.join(map(repr, pieces))}); "
-            "it must be exactly one (mind the leading space)"
-        )
-    return int(ids[0])
+    try:
+        return loaded.token_id(target, "target")
+    except ModelError as exc:
+        raise ExtractionError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- one batch, one forward pass

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .catalog import NORMALIZATIONS  # noqa: F401  (re-exported)
+
 TOKEN_KINDS = ("text", "special", "template", "generated")
 # what some metrics carry besides their values (top-level keys of the JSON): what an intervention's cells are read
 # against (causal-trace's answer and its token id, clean and noised probabilities, subject tokens [first, one past
@@ -109,12 +110,18 @@ def normalize(values: np.ndarray, mode: str) -> np.ndarray:
         return np.array(values, dtype=np.float32)
     axis = {"global": None, "layer": 1, "token": 0}[mode]
     v = np.asarray(values, dtype=np.float64)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN row or column stays NaN
-        lo = np.nanmin(v, axis=axis, keepdims=True)
-        span = np.nanmax(v, axis=axis, keepdims=True) - lo
+    lo = quiet(np.nanmin, v, axis=axis, keepdims=True)  # an all-NaN row or column stays NaN
+    span = quiet(np.nanmax, v, axis=axis, keepdims=True) - lo
+    with np.errstate(all="ignore"):
         out = np.where(span > 0, (v - lo) / np.where(span > 0, span, 1), 0.0)
     return np.where(np.isnan(v), np.nan, out).astype(np.float32)
+
+
+def quiet(func, *args, **kwargs):
+    """A numpy reduction without the warnings of empty or all-NaN slices (their result is NaN, which is meant)."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return func(*args, **kwargs)
 
 
 ROBUST = 98  # `color_range: robust`: the colours end at this percentile (seaborn's `robust=True` upper bound)

@@ -237,16 +237,8 @@ def _token_span(pieces: list[str], subject: str) -> tuple[int, int]:
 
 
 def _answer_id(loaded: LoadedModel, answer: str | None, logits: Any) -> int:
-    if answer is None:
-        return int(logits.argmax())
-    ids = loaded.tokenizer(answer, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        pieces = [loaded.tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
-        raise InterventionError(
-            f"answer {answer!r} is {len(ids)} tokens for this tokenizer ({', '.join(map(repr, pieces))}); "
-            "it must be exactly one (mind the leading space)"
-        )
-    return int(ids[0])
+    """The given one-token answer (a `ModelError` otherwise), or the greedy next token."""
+    return int(logits.argmax()) if answer is None else loaded.token_id(answer, "answer")
 
 
 def _embedding_std(loaded: LoadedModel) -> float:

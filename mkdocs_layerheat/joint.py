@@ -19,13 +19,12 @@ docs/analysis.md ("Several metrics of one text"):
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .analysis import Findings
-from .heatmap import Heatmap
+from .heatmap import Heatmap, quiet
 from .phenomena import NORMS, true_runs
 
 QUIET, BUSY = 0.5, 2.0  # a token's update against the other tokens' median: barely changes / changes more
@@ -55,9 +54,7 @@ def _rows(heatmap: Heatmap, first: int, last: int) -> np.ndarray:
 
 
 def _median_others(raw: np.ndarray, t: int) -> np.ndarray:
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmedian(np.delete(raw, t, axis=1), axis=1)
+    return quiet(np.nanmedian, np.delete(raw, t, axis=1), axis=1)
 
 
 def links(panels: list[tuple[Heatmap, Findings]]) -> list[Link]:
@@ -112,10 +109,8 @@ def _update(heatmap: Heatmap, panel: int, t: int, massive, sink) -> list[Link]:
     if not len(rows):
         return []
     raw = np.asarray(heatmap.values, dtype=np.float64)[rows]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mine = float(np.nanmedian(raw[:, t]))
-        others = float(np.nanmedian(np.nanmedian(np.delete(raw, t, axis=1), axis=0)))
+    mine = float(quiet(np.nanmedian, raw[:, t]))
+    others = float(quiet(np.nanmedian, quiet(np.nanmedian, np.delete(raw, t, axis=1), axis=0)))
     level = "quiet" if mine < QUIET * others else "busy" if mine > BUSY * others else "like"
     chosen = np.zeros(len(heatmap.layers), dtype=bool)
     chosen[rows] = True

@@ -24,7 +24,8 @@ def display_labels(tokens: list[str], token_bytes: list[str | None] | None = Non
 
 
 def bytes_text(data: bytes) -> str:
-    """Bytes as text, with each run of bytes that are not a whole UTF-8 character shown in hex: b" \\xe2\\x80" -> " ⟨E2 80⟩"."""
+    """Bytes as text, each run of bytes that are not a whole UTF-8 character shown in hex:
+    b" \\xe2\\x80" -> " ⟨E2 80⟩"."""
     out, rest = [], data
     while rest:
         try:

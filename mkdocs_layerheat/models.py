@@ -137,7 +137,6 @@ def _hub_commit(ref: ModelRef) -> str:
         raise ModelError(f"hub model '{ref.location}@{revision}' cannot be resolved: {exc}") from None
 
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
 ATTENTION_CHUNK_BYTES = 64 << 20  # at most this much attention weights at once, [batch, heads, chunk, keys] float32
 ATTENTION_QUERY_CHUNK = 128  # and at most this many queries per chunk
 ATTENTION_OBSERVERS: dict[int, Any] = {}  # id(attention module) -> what receives its weights, chunk by chunk
@@ -180,6 +179,18 @@ class LoadedModel:
         if self._head is None:
             self._head = locate_head(self.model, self.blocks)
         return self._head
+
+    def token_id(self, text: str, key: str) -> int:
+        """The id of `text` when it is exactly one token (a block's `target` or `answer`), else a `ModelError`
+        that lists its pieces."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            pieces = [self.tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
+            raise ModelError(
+                f"{key} {text!r} is {len(ids)} tokens for this tokenizer ({', '.join(map(repr, pieces))}); "
+                "it must be exactly one (mind the leading space)"
+            )
+        return int(ids[0])
 
     def final_logits(self, hidden: Any) -> Any:
         """`[N, D]` outputs of the last block -> `[N, V]` logits (float32 at least), through the model's own final
@@ -394,7 +405,7 @@ def locate_head(model: Any, blocks: list[Any]) -> tuple[list[Any], Any]:
     for _ in range(8):
         if current is None:
             break
-        for module, inp, out in calls:
+        for module, inp, _out in calls:
             if module is unembedding and same(inp, current):
                 return chain, unembedding
         step = next(((m, o) for m, i, o in calls if m is not unembedding and same(i, current) and m not in chain), None)

@@ -17,13 +17,13 @@ import numpy as np
 from jinja2 import BaseLoader, Environment, StrictUndefined, pass_context
 
 from .analysis import MAX_RUNS, Findings
-from .compare import IDENTICAL, Difference
-from .joint import Link, links
-from .heatmap import Heatmap
-from .labels import display_labels
-from .render import OVERSHOOT
 from .catalog import METRICS, MetricRequest
+from .compare import IDENTICAL, Difference
+from .heatmap import Heatmap
+from .joint import Link, links
+from .labels import display_labels
 from .phenomena import LENSES, SOURCES, TRACES, Phenomenon, reference, sought
+from .render import OVERSHOOT
 
 NAMES = {"attention-sink": "Attention sinks", "massive-activation": "Massive activations",
          "edge-effect": "Edge effect", "prediction-converges": "Predictions settle", "late-drop": "Late drops",
@@ -181,12 +181,14 @@ def _trace_context(heatmap: Heatmap, f: Findings) -> dict | None:
     best_row, best_col = np.unravel_index(int(np.argmax(block)), block.shape)
     strongest = None
     if subject[0] + best_col != subject[1] - 1 and block[best_row, best_col] > column[peak]:
-        strongest = {"index": int(subject[0] + best_col), "layer": f.layers[best_row], "value": float(block[best_row, best_col])}
+        strongest = {"index": int(subject[0] + best_col), "layer": f.layers[best_row],
+                     "value": float(block[best_row, best_col])}
     hi = max(low, high)
     t = heatmap.extras
     return {
         **options, "low": low, "high": high, "subject": subject, "sought": sought(heatmap.metric, low, high),
-        "answer": display_labels([t.get("answer", "")])[0], "corrupt_answer": display_labels([t.get("corrupt_answer", "")])[0],
+        "answer": display_labels([t.get("answer", "")])[0],
+        "corrupt_answer": display_labels([t.get("corrupt_answer", "")])[0],
         "strongest": strongest,
         "ld_clean": t.get("ld_clean"), "ld_corrupt": t.get("ld_corrupt"),
         "differs": [(i, display_labels([(t.get("corrupt_tokens") or heatmap.tokens)[i]])[0]) for i in t.get("differs", [])],
@@ -278,7 +280,8 @@ def _trace_interpretation(f: Findings, tok, restore: str) -> list[str]:
     if restore == "mlp" and early:
         text += "; that MLP outputs recover it at the early site fits their finding that mid-layer MLPs mediate the recall"
     if restore == "attn" and late:
-        text += "; that attention outputs recover it at the late site fits attention moving the recalled attribute to the last token (Geva et al. 2023)"
+        text += ("; that attention outputs recover it at the late site fits attention moving the recalled attribute "
+                 "to the last token (Geva et al. 2023)")
     return [text + "."]
 
 

@@ -26,10 +26,11 @@ left out of the bands and highlights (`aside`), so that they describe the rest o
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .heatmap import quiet
 
 SINK_SHARE, SINK_FACTOR = 0.3, 5.0
 SINK_FACTOR_LONG = 20.0  # ... or a share of at least 1/sqrt(tokens) at 20x the median (long texts)
@@ -106,9 +107,7 @@ def _around(column: np.ndarray, peak: int, floor: float) -> tuple[int, int]:
 def _row_medians(raw: np.ndarray, skip: list[int]) -> np.ndarray:
     keep = np.ones(raw.shape[1], dtype=bool)
     keep[skip] = False
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # a row without values has no median
-        return np.nanmedian(raw[:, keep] if keep.any() else raw, axis=1)
+    return quiet(np.nanmedian, raw[:, keep] if keep.any() else raw, axis=1)  # (a row without values: NaN)
 
 
 def sinks(raw: np.ndarray, layers: list[int], edge: list[int]) -> list[Phenomenon]:
@@ -162,7 +161,8 @@ def massive(raw: np.ndarray, layers: list[int], single_layer: bool) -> list[Phen
         peak = first + int(np.nanargmax(seg))
         plateau = _around(raw[:, t], peak, 0.5 * raw[peak, t])
         data = {
-            "onset": layers[first], "onset_value": float(raw[first, t]), "end": layers[last], "peak_layer": layers[peak], "peak": float(raw[peak, t]),
+            "onset": layers[first], "onset_value": float(raw[first, t]), "end": layers[last],
+            "peak_layer": layers[peak], "peak": float(raw[peak, t]),
             "peak_median": float(median[peak]), "ratio": float(ratio[peak, t]),
             "plateau": (layers[plateau[0]], layers[plateau[1]]),
             "before": float(raw[first - 1, t]) if first > 0 else None,
@@ -231,9 +231,7 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 def position_bound(raw: np.ndarray, layers: list[int], edge: list[int]) -> list[Phenomenon]:
     """Entropy that grows along the text: the bound ln(t + 1) of a query at position t, not the text."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        means = np.nanmean(raw, axis=0)
+    means = quiet(np.nanmean, raw, axis=0)
     keep = [t for t in range(raw.shape[1]) if t not in edge and not np.isnan(means[t])]
     if len(keep) < 8:
         return []

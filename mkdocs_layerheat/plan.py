@@ -10,12 +10,11 @@ import time
 from collections import OrderedDict, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cache import Cache, cache_key
-from .models import ModelError, ModelOutsideError, ModelRef, first_line, fingerprint, resolve
+from .models import ModelError, ModelOutsideError, ModelRef, fingerprint, first_line, resolve
 from .spec import HeatmapSpec
 
 if TYPE_CHECKING:

@@ -49,7 +49,8 @@ class LayerheatConfig(base.Config):
     """Seconds a local worker process keeps the model loaded after computing for a build (0: no worker); a
     later `mkdocs build` hands it its misses instead of loading the model again (also: LAYERHEAT_WORKER)."""
     templates = c.Optional(c.Dir(exists=True))
-    """A folder of Jinja2 templates overriding the plugin's own (`heatmap.html`, `summary.md`, `summary.html`, `compare.md`, `compare.html`, `panels.md`, `panels.html`, `sides.html`, `error.html`, `placeholder.html`)."""
+    """A folder of Jinja2 templates overriding the plugin's own (`heatmap.html`, `summary.md`, `summary.html`,
+    `compare.md`, `compare.html`, `panels.md`, `panels.html`, `sides.html`, `error.html`, `placeholder.html`)."""
 
 
 def _export(outcome: plan.Outcome, suffix: str) -> str | None:

@@ -6,17 +6,15 @@ import csv
 import io
 import json
 import re
+from importlib.metadata import version
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
 
-from importlib.metadata import version
-
 from .cache import source_hash
-from .labels import bytes_text, display_labels, fragment_notes
 from .catalog import METRICS
+from .labels import bytes_text, display_labels, fragment_notes
 
 if TYPE_CHECKING:  # numpy is imported only when a figure is drawn: a warm build never needs it
     import numpy as np
@@ -43,12 +41,6 @@ def template_dir() -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError("mkdocs-layerheat templates not found")
-
-
-def _number(value: float) -> str:
-    if value is None or value != value:  # None or NaN
-        return "n/a"
-    return f"{value:.2f}" if 0.01 <= abs(value) < 1000 else f"{value:.3g}"
 
 
 def _marked(label: str, kind: str) -> str:
@@ -172,7 +164,13 @@ def _panel(heatmap: Heatmap, values: np.ndarray, labels: list[str], scale: tuple
     travel as base64 float32 arrays, a few bytes per cell, instead of a JSON object per cell."""
     import numpy as np
     from bokeh.models import (
-        BasicTicker, ColorBar, CustomJSHover, FixedTicker, HoverTool, LinearColorMapper, PrintfTickFormatter,
+        BasicTicker,
+        ColorBar,
+        CustomJSHover,
+        FixedTicker,
+        HoverTool,
+        LinearColorMapper,
+        PrintfTickFormatter,
     )
     from bokeh.plotting import figure
 
@@ -346,7 +344,6 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.env.filters["num"] = _number
         sources = [Path(__file__).parent, template_dir()] + ([Path(override_dir)] if override_dir else [])
         # what rendered HTML depends on besides the values and the block: code, templates, BokehJS
         self.fingerprint = source_hash(*sources) + version("bokeh")

@@ -12,10 +12,16 @@ from typing import Any
 import yaml
 
 from .catalog import (
-    AGGREGATES, COLOR_RANGES, DEFAULT_MAX_TOKENS, INTERVENTION_OPTIONS, METRICS, NORMALIZATIONS, PALETTES, RESTORES,
+    AGGREGATES,
+    COLOR_RANGES,
+    DEFAULT_MAX_TOKENS,
+    INTERVENTION_OPTIONS,
+    METRICS,
+    NORMALIZATIONS,
+    PALETTES,
+    RESTORES,
     MetricRequest,
 )
-
 
 
 class SpecError(Exception):
@@ -129,7 +135,7 @@ def parse_spec(body: str, docs_dir: str | Path | None = None) -> HeatmapSpec:
         lines = _key_lines(body)
     except RecursionError:
         raise SpecError("invalid YAML: nested too deeply") from None
-    except (yaml.YAMLError, ValueError) as exc:  # ValueError: PyYAML's own, for an escape past U+10FFFF
+    except (yaml.YAMLError, ValueError):  # ValueError: PyYAML's own, for an escape past U+10FFFF
         if _LOADER is not yaml.SafeLoader:  # the pure-Python parser's error marks are the precise ones
             try:
                 yaml.load(body, Loader=yaml.SafeLoader)
@@ -209,7 +215,8 @@ def _from_data(data: dict, lines: dict[str, int], docs_dir: str | Path | None) -
         if key in _SITE_KEYS:
             raise SpecError(
                 f"'{key}' cannot be set in a page: it is a plugin option in mkdocs.yml"
-                + (" (trust_remote_code: a list of the model aliases allowed to run their own code)" if key == "trust_remote_code" else ""),
+                + (" (trust_remote_code: a list of the model aliases allowed to run their own code)"
+                   if key == "trust_remote_code" else ""),
                 lines.get(str(key)),
             )
         if key not in _KEYS:
@@ -364,7 +371,8 @@ def _metric_options(data: dict, lines: dict[str, int], metric: str) -> dict[str,
 
 def _numbers(value: Any, key: str, line: int | None, minimum: int) -> tuple[int, ...]:
     """A list of integers, a single one, or a string of ranges like '1-12' or '0, 3, 5-7': sorted, without repeats."""
-    what = "layer numbers (1-based) like 1-12 or [1, 5, 9]" if key == "layers" else "head indices (0-based) like [0, 3] or 0-3"
+    what = ("layer numbers (1-based) like 1-12 or [1, 5, 9]" if key == "layers"
+            else "head indices (0-based) like [0, 3] or 0-3")
     items = value if isinstance(value, list) else [value]
     numbers: list[int] = []
     for item in items:

@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
-import json
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .cache import library_versions, source_hash
 
@@ -229,7 +230,8 @@ def _connect(cache_dir: Path, idle: int, entry: str, replace: bool = False) -> t
     return None
 
 
-_ENTRY = "import importlib, sys; m, f = sys.argv[1].split(':'); getattr(importlib.import_module(m), f)(sys.argv[2], float(sys.argv[3]))"
+_ENTRY = ("import importlib, sys; m, f = sys.argv[1].split(':'); "
+          "getattr(importlib.import_module(m), f)(sys.argv[2], float(sys.argv[3]))")
 
 
 def _spawn(cache_dir: Path, idle: int, entry: str) -> subprocess.Popen:

@@ -203,7 +203,7 @@ class Reader:
                 m["aside"] for m in self.massive.values()]:
             aside[cells] = True
         self.sites = self._sites() if self.metric in TRACES else {}
-        for rows, t in self.sites.values():
+        for _rows, t in self.sites.values():
             aside[:, t] = True  # (a site's token: its column is described by the site)
         aside[:, aside.sum(axis=0) > self.n_layers / 2] = True  # mostly explained: the whole token is left out
         self.aside = aside & ~np.isnan(self.figure)
@@ -299,6 +299,18 @@ class Reader:
 
     def tokens(self, refs: str) -> list[int]:
         return [i for m in re.finditer(TOK, refs) for i in self.token(m.group(0))]
+
+    def spans_of(self, rows) -> list[tuple[int, int]]:
+        """Rows as runs of consecutive layers, by their labels."""
+        out, start = [], None
+        rows = sorted(int(r) for r in rows)
+        for i, r in enumerate(rows):
+            if start is None:
+                start = r
+            if i + 1 == len(rows) or rows[i + 1] != r + 1:
+                out.append((self.layers[start], self.layers[r]))
+                start = None
+        return out
 
     # -- interventions ---------------------------------------------------------------------------------
 
@@ -400,15 +412,7 @@ class Reader:
 
         rec = np.nan_to_num(self.recovered())
 
-        def spans(rows):
-            out, start = [], None
-            for i, r in enumerate(rows):
-                if start is None:
-                    start = r
-                if i + 1 == len(rows) or rows[i + 1] != r + 1:
-                    out.append((self.layers[start], self.layers[r]))
-                    start = None
-            return out
+        spans = self.spans_of
 
         def stated(text):
             return [(int(a), int(b or a)) for a, b in re.findall(r"(\d+)(?:–(\d+))?", text)]
@@ -916,7 +920,7 @@ class Reader:
             if m.group("mean"):
                 self.expect(close(m.group("mean"), np.nanmean(self.v[a:b + 1, t])), "anomaly mean")
                 self.expect(close(m.group("median"), np.nanmean(self.median[a:b + 1])), "anomaly median")
-        tail = rf"(?:at layer (?P<at>\d+)|from layer (?P<first>\d+) to (?P<last>\d+))"
+        tail = r"(?:at layer (?P<at>\d+)|from layer (?P<first>\d+) to (?P<last>\d+))"
         toks = rf"((?:{TOK}(?:, | and )?)+?)"
         eat(rf"{toks} (?:has|share) a depth profile unlike the other tokens': {tail} (?:it stays|they stay) (?P<dir>above|below) the others \(mean (?P<mean>{NUM}) against a median of (?P<median>{NUM})\)", profile)
         eat(rf"{toks} (?:has|share) a depth profile unlike the other tokens'\.(?P<dir>)(?P<at>)(?P<first>)(?P<last>)(?P<mean>)(?P<median>)", profile)
@@ -931,16 +935,7 @@ class Reader:
         eat(rf"Every cell(?: with a value)? has the same value, ({NUM})", flat)
 
         # known phenomena, re-derived from the raw values with the documented rules
-        def spans_of(rows) -> list[tuple[int, int]]:
-            out, start = [], None
-            rows = sorted(int(r) for r in rows)
-            for i, r in enumerate(rows):
-                if start is None:
-                    start = r
-                if i + 1 == len(rows) or rows[i + 1] != r + 1:
-                    out.append((self.layers[start], self.layers[r]))
-                    start = None
-            return out
+        spans_of = self.spans_of
 
         def stated_spans(text: str) -> list[tuple[int, int]]:
             return [(int(a), int(b or a)) for a, b in re.findall(r"(\d+)(?:–(\d+))?", text)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 
 import numpy as np
-
 from claims import CODE_PARTS, NUM, TOK, Reader, check_summary, close, early_phase, quiet, runs_where
 
 NORMS = ("hidden-norm", "attn-norm", "mlp-norm")

@@ -203,7 +203,7 @@ def _randomize_norms(model) -> None:
     import torch
 
     with torch.no_grad():
-        for name, module in model.named_modules():
+        for _name, module in model.named_modules():
             if "norm" in type(module).__name__.lower():
                 if getattr(module, "weight", None) is not None:
                     module.weight.copy_(1 + 0.5 * torch.randn_like(module.weight))

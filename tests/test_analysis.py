@@ -11,15 +11,15 @@ import re
 
 import numpy as np
 import pytest
+from claims import check_summary
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from planted import planted, recovered_bands
 
-from claims import check_summary
 from mkdocs_layerheat.analysis import KINDS, analyze
 from mkdocs_layerheat.heatmap import Heatmap
 from mkdocs_layerheat.narrative import code, markdown_to_html
 from mkdocs_layerheat.render import Renderer
-from planted import SPIKE, planted, recovered_bands
 
 RENDERER = Renderer()
 
@@ -445,8 +445,8 @@ def test_observations_are_ranked_sentences():
 
 @pytest.fixture(scope="module")
 def demo_heatmaps(demo_model):
-    from mkdocs_layerheat.extract import extract
     from mkdocs_layerheat.catalog import ONE_PASS
+    from mkdocs_layerheat.extract import extract
 
     text = "A and B = 8 + 5 = 13. The correct choice is (D) 13. The final answer is \\boxed{(D)}"
     # the text inside the chat template, with a few generated tokens: every kind of token
@@ -458,7 +458,7 @@ def test_every_claim_holds_on_the_demo_model_for_every_metric(demo_heatmaps, nor
     from mkdocs_layerheat.labels import display_labels
 
     checked = 0
-    for metric, heatmap in demo_heatmaps.items():
+    for _metric, heatmap in demo_heatmaps.items():
         values = heatmap.normalized(normalize)
         labels = display_labels(heatmap.tokens)
         findings = analyze(heatmap, values, labels, normalize)

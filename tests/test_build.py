@@ -251,6 +251,7 @@ def test_figures_are_numbered_with_anchors_and_downloadable_data(site, first_bui
 
 def test_several_metrics_are_panels_of_one_figure_with_one_summary(site, first_build):
     from claims_joint import check_joint
+
     from mkdocs_layerheat.analysis import analyze
     from mkdocs_layerheat.labels import display_labels
     from mkdocs_layerheat.render import Renderer

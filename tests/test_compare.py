@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_render import walk
 
 from mkdocs_layerheat.compare import IDENTICAL, difference, shared_scale, side_names
 from mkdocs_layerheat.heatmap import Heatmap
-from mkdocs_layerheat.narrative import Narrative
 from mkdocs_layerheat.render import Renderer
 from mkdocs_layerheat.spec import HeatmapSpec, SpecError, parse_spec
-from test_render import walk
 
 
 def heatmap(values, tokens=None, layers=None) -> Heatmap:
@@ -322,6 +321,7 @@ def test_a_side_far_below_the_shared_scale_says_its_highs_are_relative():
     """(b) reaches a thousandth of (a): on the shared 0-1 scale its "high" cells are pale, and its summary
     says so rather than calling 0.0008 high without a word."""
     from claims import check_summary
+
     from mkdocs_layerheat.analysis import analyze
 
     rng = np.random.default_rng(3)

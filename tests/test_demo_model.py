@@ -23,8 +23,8 @@ from test_metrics import (
 )
 from transformers import AutoModelForCausalLM
 
-from mkdocs_layerheat.extract import extract
 from mkdocs_layerheat.catalog import ONE_PASS, MetricRequest
+from mkdocs_layerheat.extract import extract
 
 TEXT = "A and B = 8 + 5 = 13. The final answer is \\boxed{(D)}"
 

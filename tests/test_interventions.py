@@ -151,6 +151,7 @@ def test_activation_patching_refuses_unequal_lengths_and_equal_answers(doubles):
 # --------------------------------------------------------------------------- the written reading, on planted traces
 
 from claims import check_summary  # noqa: E402
+
 from mkdocs_layerheat.analysis import analyze  # noqa: E402
 from mkdocs_layerheat.heatmap import Heatmap  # noqa: E402
 from mkdocs_layerheat.labels import display_labels  # noqa: E402

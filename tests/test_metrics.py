@@ -16,6 +16,7 @@ from samples import MORE_ARCHS, SAMPLE_TEXT
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mkdocs_layerheat import models
+from mkdocs_layerheat.catalog import ONE_PASS, MetricRequest
 from mkdocs_layerheat.extract import (
     ExtractionError,
     TextInput,
@@ -23,7 +24,6 @@ from mkdocs_layerheat.extract import (
     extract_many,
     extract_specs,
 )
-from mkdocs_layerheat.catalog import ONE_PASS, MetricRequest
 
 RTOL = 1e-4
 
@@ -993,7 +993,7 @@ def test_chunks_with_padding_and_windows_change_nothing(more, monkeypatch):
     whole = [extract_many(loaded, [item], batch_size=1)[0] for item in items]
     monkeypatch.setattr(models, "ATTENTION_QUERY_CHUNK", 3)
     chunked = extract_many(loaded, items, padding_side="left")
-    for (source, request), got, expected in zip(items, chunked, whole):
+    for (_source, request), got, expected in zip(items, chunked, whole):
         assert_nan_rel_close(got.values, expected.values, what=f"{tiny.arch} chunked {request}")
 
 

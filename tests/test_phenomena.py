@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import json
 import re
+
 import numpy as np
 import pytest
+from claims import check_summary
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_render import walk
 
-from claims import check_summary
 from mkdocs_layerheat.analysis import analyze
 from mkdocs_layerheat.heatmap import Heatmap
 from mkdocs_layerheat.narrative import summary_json
 from mkdocs_layerheat.render import Renderer
-from test_render import walk
 
 RENDERER = Renderer()
 

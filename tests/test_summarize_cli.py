@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from click.testing import CliRunner
-
 from claims import check_summary
-from mkdocs_layerheat.cli import main
+from click.testing import CliRunner
 from planted import planted
+
+from mkdocs_layerheat.cli import main
 
 
 def write(tmp_path, values, layers, tokens, **extra):
@@ -89,8 +89,9 @@ def test_a_file_that_is_not_a_heatmap_is_a_clear_error(tmp_path):
 def test_several_files_of_one_text_are_read_together(tmp_path):
     """A planted sink on the first token, with a massive norm that starts later and a quiet update."""
     from claims_joint import check_joint
-    from mkdocs_layerheat.heatmap import Heatmap
+
     from mkdocs_layerheat.analysis import analyze
+    from mkdocs_layerheat.heatmap import Heatmap
     from mkdocs_layerheat.render import Renderer
 
     rng = np.random.default_rng(8)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from browserkit import TOOLTIP_JS, serve, wait_for_figures
-from samples import ATTACKS, NASTY, NASTY_BLOCK
+from samples import NASTY, NASTY_BLOCK
 
 from mkdocs_layerheat.labels import display_labels
 

@@ -7,11 +7,9 @@ import html as htmllib
 import io
 import json
 import re
-import shutil
 
 import pytest
 from faultsite import GOOD, make_site, mkdocs
-
 from samples import NASTY, NASTY_BLOCK
 
 PAGE = f"""\

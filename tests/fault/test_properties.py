@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mkdocs_layerheat import spec as specs
-from mkdocs_layerheat.directives import find_blocks
 from mkdocs_layerheat.catalog import AGGREGATES, NORMALIZATIONS, ONE_PASS
+from mkdocs_layerheat.directives import find_blocks
 from mkdocs_layerheat.spec import HeatmapSpec, SpecError, parse_spec
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
