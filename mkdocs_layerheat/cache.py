@@ -117,6 +117,33 @@ class Cache:
     def entries(self) -> list[Path]:
         return sorted(self.directory.glob("??/*.npz"))
 
+    def merge(self, other: str | Path) -> tuple[int, int, list[str]]:
+        """Fold the entries and the manifest of another cache (a CI shard's) into this one, under this cache's
+        lock: (entries added, entries already here, refusals). An entry is refused when it does not load as one
+        (truncated, another format) or when the key it holds is not its file's name, i.e. it is not where its
+        content says it belongs; a model fingerprint that differs from this cache's for one reference is kept as
+        this cache's and reported."""
+        source = Cache(other)
+        added, present, refused = 0, 0, []
+        with self.lock():
+            for path in source.entries():
+                key = path.stem
+                if source.get(key) is None:
+                    refused.append(f"{path}: {source.problems[-1] if source.problems else 'unreadable'}")
+                    continue
+                if self.has(key):
+                    present += 1
+                    continue
+                _write_atomic(self._path(key), path.read_bytes())
+                added += 1
+            ours, theirs = self.manifest(), source.manifest()
+            for model, fingerprint in theirs.items():
+                if ours.setdefault(model, fingerprint) != fingerprint:
+                    refused.append(f"{source.directory / 'manifest.json'}: model {model} has another fingerprint here")
+            if theirs:
+                self.save_manifest(ours)
+        return added, present, refused
+
     def export(self, key: str, suffix: str, make) -> Path | None:
         """A file made once by `make() -> str | None` from an entry (the CSV/JSON downloads), or None."""
         path = self.directory / "exports" / f"{key[:16]}{suffix}"

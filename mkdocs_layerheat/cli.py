@@ -142,10 +142,13 @@ _config_option = click.option(
 @_config_option
 @click.option("--device", help="Torch device for this run (overrides mkdocs.yml), e.g. cuda.")
 @click.option("--refresh", is_flag=True, help="Recompute even what the cache holds.")
-def precompute(config_file: Path, device: str | None, refresh: bool) -> None:
+@click.option("--shard", metavar="I/N", help="Compute only shard I of N of the cache misses (a CI matrix job).")
+def precompute(config_file: Path, device: str | None, refresh: bool, shard: str | None) -> None:
     """Compute every heatmap of a site into its cache, without building it.
 
     Run it once where the GPU is, then hand the cache directory over: every other build is fully cached.
+    With --shard I/N, N jobs each compute a deterministic share into their own copy of the cache, merged
+    afterwards with `layerheat cache merge` (docs/caching.md has a ready CI file).
     """
     import logging
 
@@ -155,6 +158,14 @@ def precompute(config_file: Path, device: str | None, refresh: bool) -> None:
     settings, specs = _site(config_file)
     settings.device = device or settings.device
     settings.refresh = settings.refresh or refresh
+    if shard is not None:
+        try:
+            index, count = (int(x) for x in shard.split("/"))
+            specs = plan.shard(specs, settings, index, count)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc) if "shard" in str(exc) else "give it as I/N, e.g. 2/4",
+                                     param_hint="--shard") from None
+        click.echo(f"shard {index}/{count}: {len(specs)} heatmaps to compute", err=True)
     outcomes = plan.run(specs, settings, logging.getLogger("layerheat"))
     failures = [f"{spec.model} / {spec.metric}: {o.error}" for spec, o in outcomes.items() if o.error]
     for failure in failures:
@@ -187,6 +198,26 @@ def info(config_file: Path) -> None:
     click.echo(f"{store.directory}: {len(entries)} heatmaps, {size / 1024:,.0f} KiB in all")
     for model, count in sorted(per_model.items()):
         click.echo(f"  {model}: {count}")
+
+
+@cache.command()
+@_config_option
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+def merge(config_file: Path, folders: tuple[Path, ...]) -> None:
+    """Fold the caches in FOLDERS (the shards of `precompute --shard`) into the site's cache."""
+    from .cache import Cache
+
+    store = Cache(_cache_dir(config_file))
+    refusals = []
+    for folder in folders:
+        added, present, refused = store.merge(folder)
+        refusals += refused
+        click.echo(f"{folder}: {added} heatmaps added, {present} already there"
+                   + (f", {len(refused)} refused" if refused else ""))
+    for refusal in refusals:
+        click.echo(f"refused: {refusal}", err=True)
+    if refusals:
+        sys.exit(1)
 
 
 @cache.command()

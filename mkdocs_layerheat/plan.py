@@ -134,6 +134,31 @@ def run(specs: list[HeatmapSpec], settings: Settings, log=_log) -> dict[HeatmapS
     return outcomes
 
 
+def shard(specs: list[HeatmapSpec], settings: Settings, index: int, count: int) -> list[HeatmapSpec]:
+    """The specs of shard `index` (1-based) of `count`: a deterministic share of the site's cache misses, for a CI
+    matrix whose jobs each compute theirs into a cache of their own (merged afterwards, `Cache.merge`).
+
+    The misses (one per cache key) are ordered by model, largest share first, then by key, and cut into `count`
+    consecutive runs of (almost) equal length: a model is loaded on one shard, or, when it has more heatmaps than
+    a shard holds, on as few consecutive shards as its heatmaps fill. Every job must start from the same cache.
+    """
+    if not 1 <= index <= count:
+        raise ValueError(f"shard {index}/{count}: the shard must lie between 1 and {count}")
+    found = keys_for(specs, settings)
+    cache = Cache(settings.cache_dir)
+    by_key: dict[str, list[HeatmapSpec]] = defaultdict(list)
+    for spec, key in found.keys.items():
+        if spec in found.refs and (settings.refresh or not cache.has(key)):
+            by_key[key].append(spec)
+    per_model: dict[str, list[str]] = defaultdict(list)
+    for key, same in by_key.items():
+        per_model[found.fingerprints[found.refs[same[0]]]].append(key)
+    order = [key for _, keys in sorted(per_model.items(), key=lambda item: (-len(item[1]), item[0]))
+             for key in sorted(keys)]
+    start, end = (len(order) * (index - 1)) // count, (len(order) * index) // count
+    return [spec for key in order[start:end] for spec in by_key[key]]
+
+
 def compute_misses(misses: dict[ModelRef, list[HeatmapSpec]], found: Keys, cache: Cache, settings: Settings,
                    log, cached: dict) -> dict[HeatmapSpec, Outcome]:
     """The misses' outcomes, computed model by model under the cache's lock and stored (in this process or the

@@ -135,7 +135,8 @@ def parse_spec(body: str, docs_dir: str | Path | None = None) -> HeatmapSpec:
         lines = _key_lines(body)
     except RecursionError:
         raise SpecError("invalid YAML: nested too deeply") from None
-    except (yaml.YAMLError, ValueError):  # ValueError: PyYAML's own, for an escape past U+10FFFF
+    except (yaml.YAMLError, ValueError) as error:  # ValueError: PyYAML's own, for an escape past U+10FFFF
+        exc = error
         if _LOADER is not yaml.SafeLoader:  # the pure-Python parser's error marks are the precise ones
             try:
                 yaml.load(body, Loader=yaml.SafeLoader)
