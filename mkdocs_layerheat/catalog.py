@@ -37,8 +37,8 @@ METRICS: dict[str, Metric] = {
             name="attention",
             label="attention received",
             definition=(
-                "attention received: for each token, the attention paid to it by the queries that can see it, "
-                "averaged over those queries and over heads"
+                "attention received: the attention paid to the token, averaged over the queries that can see it "
+                "and over heads"
             ),
             site="attention",
             options=ATTENTION_OPTIONS,

@@ -145,7 +145,8 @@ def _restored(loaded: LoadedModel, ids: Any, base: _Record, source: _Record, sta
         def hook(module, args, output):
             h = _hidden(output)
             clean = source.sub[b] if restore != "hidden" else source.outputs[b]
-            h[rows, where] = clean[0, where].to(h.dtype)
+            at = where.to(h.device)  # (with device_map, each block on its own device)
+            h[rows.to(h.device), at] = clean[0, where.to(clean.device)].to(h.device, h.dtype)
             return output
         return hook
 
