@@ -166,12 +166,41 @@ def precompute(config_file: Path, device: str | None, refresh: bool, shard: str 
             raise click.BadParameter(str(exc) if "shard" in str(exc) else "give it as I/N, e.g. 2/4",
                                      param_hint="--shard") from None
         click.echo(f"shard {index}/{count}: {len(specs)} heatmaps to compute", err=True)
-    outcomes = plan.run(specs, settings, logging.getLogger("layerheat"))
+    bar = _ProgressBar() if sys.stderr.isatty() else None
+    token = plan.PROGRESS.set(bar)
+    try:
+        outcomes = plan.run(specs, settings, logging.getLogger("layerheat"))
+    finally:
+        plan.PROGRESS.reset(token)
+        if bar is not None:
+            bar.finish()
     failures = [f"{spec.model} / {spec.metric}: {o.error}" for spec, o in outcomes.items() if o.error]
     for failure in failures:
         click.echo(f"error: {failure}", err=True)
     if failures:
         sys.exit(1)
+
+
+class _ProgressBar:
+    """`precompute`'s bar on a terminal: one step per heatmap, labelled with the model being loaded or run."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, event: str, value) -> None:
+        if event == "misses":
+            self.bar = click.progressbar(length=value, label="heatmaps", file=sys.stderr, show_pos=True)
+        elif self.bar is not None and event == "model":
+            self.bar.label = f"loading {value}"
+            self.bar.render_progress()
+            self.model = value
+        elif self.bar is not None and event == "done" and value:
+            self.bar.label = str(getattr(self, "model", "heatmaps"))
+            self.bar.update(value)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.render_finish()
 
 
 @main.group()

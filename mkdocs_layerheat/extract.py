@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,7 +240,8 @@ def extract(
 
 
 def extract_specs(loaded: LoadedModel, specs: list[Any], **batching: Any) -> dict[Any, Heatmap | ExtractionError]:
-    """A `Heatmap`, or the `ExtractionError` that prevented it, for every `HeatmapSpec` (all of one model)."""
+    """A `Heatmap`, or the `ExtractionError` that prevented it, for every `HeatmapSpec` (all of one model);
+    `on_done(n)`, when given, hears of each `n` specs done."""
     specs = list(dict.fromkeys(specs))
     items = [(TextInput(s.text, s.chat, s.generate, s.max_tokens), s.request()) for s in specs]
     if loaded.device.type == "cpu":  # one text per pass: a value never depends on the texts beside it
@@ -254,12 +256,14 @@ def extract_many(
     batch_size: int = DEFAULT_BATCH_SIZE,
     padding_side: str = "right",
     token_budget: int = DEFAULT_TOKEN_BUDGET,
+    on_done: Callable[[int], None] | None = None,
 ) -> list[Heatmap | ExtractionError]:
-    """A `Heatmap` or an `ExtractionError` per item, in order.
+    """A `Heatmap` or an `ExtractionError` per item, in order (`on_done(n)`: n more items are done).
 
     Each distinct text is prepared once and runs in one forward pass for all of its metrics; texts
     are grouped by length into batches of at most `batch_size` texts and `token_budget` padded tokens.
     """
+    done = on_done or (lambda n: None)
     results: list[Heatmap | ExtractionError | None] = [None] * len(items)
     sequences: dict[TextInput, Sequence | ExtractionError] = {}
     todo: dict[TextInput, list[tuple[int, MetricRequest]]] = defaultdict(list)
@@ -276,9 +280,11 @@ def extract_many(
             _check(loaded, request, seq)
         except ExtractionError as exc:
             results[index] = exc
+            done(1)
             continue
         if METRICS[request.metric].site == "intervention":
             results[index] = _intervene(loaded, source, seq, request)
+            done(1)
             continue
         todo[source].append((index, request))
 
@@ -298,12 +304,14 @@ def extract_many(
             for source in batch:
                 for index, _ in todo[source]:
                     results[index] = exc
+            done(sum(len(todo[s]) for s in batch))
             continue
         for b, (source, seq) in enumerate(zip(batch, seqs)):
             for index, request in todo[source]:
                 cells, top = values[request][b]
                 results[index] = _heatmap(loaded, seq, request, cells)
                 results[index].extras.update(top)
+        done(sum(len(todo[s]) for s in batch))
     return results  # type: ignore[return-value]
 
 

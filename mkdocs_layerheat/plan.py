@@ -8,7 +8,9 @@ import logging
 import re
 import time
 from collections import OrderedDict, defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,14 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("mkdocs.plugins.layerheat")
 _pool: OrderedDict[tuple, Any] = OrderedDict()  # loaded models kept between builds (mkdocs serve)
+# who hears how the computation goes (`layerheat precompute`'s progress bar): ("misses", n), then per model
+# ("model", name) before it loads and ("done", n) as its heatmaps are computed
+PROGRESS: ContextVar[Callable[[str, Any], None] | None] = ContextVar("layerheat_progress", default=None)
+
+
+def _tell(event: str, value: Any) -> None:
+    if (listener := PROGRESS.get()) is not None:
+        listener(event, value)
 
 
 @dataclass
@@ -110,6 +120,7 @@ def run(specs: list[HeatmapSpec], settings: Settings, log=_log) -> dict[HeatmapS
         else:
             outcomes[spec] = Outcome(error=f"model '{spec.model}' is not on this machine and the cache has no entry")
     if misses:
+        _tell("misses", sum(len(todo) for todo in misses.values()))
         remote = None
         if settings.warm_worker > 0:  # the worker computes them with the model it keeps loaded
             remote = _remote(misses, found, settings, {ref: cached[ref] for ref in misses if ref in cached}, cache, log)
@@ -335,9 +346,11 @@ def _compute_model(ref, specs, found: Keys, cache: Cache, settings: Settings, ou
             cached += 1
         else:
             pending.append(spec)
+    _tell("done", len(specs) - len(pending))
     if not pending:
         return
     start = time.perf_counter()
+    _tell("model", str(ref))
     try:
         loaded = _acquire(ref, settings, found.fingerprints[ref])
     except Exception as exc:  # also a device that does not exist, or one without room for the model
@@ -395,7 +408,7 @@ def _extract(loaded, specs: list[HeatmapSpec], settings: Settings, log) -> tuple
     from .extract import ExtractionError, extract_specs
 
     try:
-        results: dict = extract_specs(loaded, specs)  # texts batched, one pass per batch
+        results: dict = extract_specs(loaded, specs, on_done=lambda n: _tell("done", n))  # texts batched
     except Exception as exc:  # a model that raises outside the guarded forward pass
         log.debug("extraction failed", exc_info=True)
         results = dict.fromkeys(specs, exc)

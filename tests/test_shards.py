@@ -76,3 +76,41 @@ def test_merge_refuses_entries_that_are_not_what_their_key_says(tmp_path, llama_
     assert not list((site / ".cache" / "layerheat").glob("??/*.npz"))  # nothing that is not what it says
     build = mkdocs(site)
     assert build.returncode == 0 and "2 computed" in build.stderr, build.stderr
+
+
+def test_precompute_tells_its_progress_per_heatmap_with_the_model(tmp_path, llama_model):
+    settings = plan.Settings({"tiny": str(llama_model.path)}, tmp_path, tmp_path / "cache")
+    specs = specs_for({"tiny": 2})  # 4 keys, 5 specs
+    events = []
+    token = plan.PROGRESS.set(lambda event, value: events.append((event, value)))
+    try:
+        plan.run(specs, settings)
+    finally:
+        plan.PROGRESS.reset(token)
+    assert events[0] == ("misses", 5) and ("model", "tiny") in events
+    assert sum(value for event, value in events if event == "done") == 5
+
+
+def test_precompute_on_a_terminal_draws_a_progress_bar(tmp_path, llama_model):
+    import os
+    import pty
+    import subprocess
+
+    site = make_site(tmp_path / "site", llama_model.path)
+    leader, follower = pty.openpty()
+    process = subprocess.run([LAYERHEAT, "precompute", "-f", "mkdocs.yml"], cwd=site, stderr=follower,
+                             stdout=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin", "COLUMNS": "100"}, timeout=300)
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 1 << 16)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    text = output.decode("utf-8", "replace")
+    assert process.returncode == 0, text
+    assert "2/2" in text and "tiny" in text  # the bar, labelled with the model, at its end
