@@ -185,7 +185,7 @@ class _ProgressBar:
     """`precompute`'s bar on a terminal: one step per heatmap, labelled with the model being loaded or run."""
 
     def __init__(self) -> None:
-        self.bar = None
+        self.bar, self.model = None, "heatmaps"
 
     def __call__(self, event: str, value) -> None:
         if event == "misses":
@@ -195,7 +195,7 @@ class _ProgressBar:
             self.bar.render_progress()
             self.model = value
         elif self.bar is not None and event == "done" and value:
-            self.bar.label = str(getattr(self, "model", "heatmaps"))
+            self.bar.label = str(self.model)
             self.bar.update(value)
 
     def finish(self) -> None:

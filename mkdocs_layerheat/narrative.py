@@ -22,7 +22,7 @@ from .compare import IDENTICAL, Difference
 from .heatmap import Heatmap
 from .joint import Link, links
 from .labels import display_labels
-from .phenomena import LENSES, SOURCES, TRACES, Phenomenon, reference, sought
+from .phenomena import LENSES, SOURCES, TRACES, Phenomenon, reference, restored_output, sought
 from .render import OVERSHOOT
 
 NAMES = {"attention-sink": "Attention sinks", "massive-activation": "Massive activations",
@@ -174,13 +174,13 @@ def _trace_context(heatmap: Heatmap, f: Findings) -> dict | None:
     low, high, subject = found
     raw = np.asarray(heatmap.values, dtype=np.float64)
     options = {**METRIC_DEFAULTS, **(heatmap.provenance.get("options") or {})}
-    column = np.nan_to_num(raw[:, subject[1] - 1], nan=-np.inf)
-    peak = int(np.argmax(column))
+    peak = _best(raw[:, subject[1] - 1], f.layers, skip_last=False)
+    trivial = restored_output(raw, high)
     # the subject token whose restore recovers most, when it is not the last one
     block = np.nan_to_num(raw[:, subject[0]:subject[1]], nan=-np.inf)
     best_row, best_col = np.unravel_index(int(np.argmax(block)), block.shape)
     strongest = None
-    if subject[0] + best_col != subject[1] - 1 and block[best_row, best_col] > column[peak]:
+    if subject[0] + best_col != subject[1] - 1 and block[best_row, best_col] > peak["value"]:
         strongest = {"index": int(subject[0] + best_col), "layer": f.layers[best_row],
                      "value": float(block[best_row, best_col])}
     hi = max(low, high)
@@ -192,10 +192,10 @@ def _trace_context(heatmap: Heatmap, f: Findings) -> dict | None:
         "strongest": strongest,
         "ld_clean": t.get("ld_clean"), "ld_corrupt": t.get("ld_corrupt"),
         "differs": [(i, display_labels([(t.get("corrupt_tokens") or heatmap.tokens)[i]])[0]) for i in t.get("differs", [])],
-        "peak": {"value": float(raw[peak, subject[1] - 1]), "layer": f.layers[peak]},
-        "last_peak": _best(raw[:, -1], f.layers, skip_last=bool(raw[-1, -1] == np.float32(high))),
+        "peak": peak,
+        "last_peak": _best(raw[:, -1], f.layers, skip_last=trivial),
         "beyond": int((raw > hi + OVERSHOOT * abs(high - low)).sum()),
-        "trivial_last": bool(raw[-1, -1] == np.float32(high)),
+        "trivial_last": trivial,
     }
 
 
@@ -224,8 +224,9 @@ def _differing_to_the_top(f: Findings) -> bool:
 
 def _see(metric: str, beside: tuple[str, ...]) -> str:
     """Where a reader finds what a sentence points to: the block's own panel, or a figure to add."""
+    article = "an" if metric[0] in "aeiou" else "a"
     return (f"the `{metric}` panel shows whether it does" if metric in beside
-            else f"a `{metric}` figure of the same text would show it")
+            else f"{article} `{metric}` figure of the same text would show it")
 
 
 def _interpretation(f: Findings, tok, restore: str = "hidden", beside: tuple[str, ...] = ()) -> list[str]:
@@ -407,8 +408,6 @@ class Narrative:
             "named_below": named_below,
             "trace_metric": heatmap.metric in TRACES,
             "tr": tr,
-            "trace_peak": tr.get("peak") if tr else None,
-            "trivial_last": bool(tr and tr.get("trivial_last")),
             "all_nan": bool(np.isnan(f.low)) if isinstance(f.low, float) else False,
             "decimals": None,  # 2 significant figures (compare summaries resolve their differences instead)
         }

@@ -244,6 +244,12 @@ def position_bound(raw: np.ndarray, layers: list[int], edge: list[int]) -> list[
     return [Phenomenon("position-bound", [], (layers[0], layers[-1]), rho, data={"rho": rho})]
 
 
+def restored_output(raw: np.ndarray, high: float) -> bool:
+    """Whether the last token's last row holds exactly the clean run's value: its restored state is the clean
+    output itself (a block's output restored at the last block), which makes that cell no finding."""
+    return bool(raw[-1, -1] == np.float32(high))
+
+
 def sought(metric: str, low: float, high: float) -> bool:
     """Whether the corruption takes enough away for sites to mean something: a causal trace's noise must at
     least halve the answer's probability (activation patching's 0 and 1 are the two answers' own runs)."""
@@ -312,7 +318,7 @@ def detect(metric: str, raw: np.ndarray | None, shape: tuple[int, int], layers: 
         found += convergence(raw, layers, rank=metric == "logit-lens-rank")
     elif metric in TRACES and reference(metric, trace or {}) and sought(metric, *reference(metric, trace)[:2]):
         low, high, span = reference(metric, trace)
-        found += sites(raw, layers, low, high, span, trivial_last=bool(raw[-1, -1] == np.float32(high)))
+        found += sites(raw, layers, low, high, span, trivial_last=restored_output(raw, high))
     return found
 
 
