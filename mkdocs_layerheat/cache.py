@@ -158,16 +158,16 @@ class Cache:
             pass  # an unwritable cache: the caller makes the file in memory
         return None
 
-    def get_rendered(self, key: str) -> str | None:
-        """HTML rendered earlier for the same values and rendering options (a warm build skips Bokeh)."""
+    def get_rendered(self, key: str, suffix: str = ".html") -> str | None:
+        """A figure rendered earlier for the same values and rendering options (its HTML, or its `.svg`)."""
         try:
-            return (self.directory / "rendered" / f"{key}.html").read_text(encoding="utf-8")
+            return (self.directory / "rendered" / f"{key}{suffix}").read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             return None
 
-    def put_rendered(self, key: str, html: str) -> None:
+    def put_rendered(self, key: str, text: str, suffix: str = ".html") -> None:
         try:
-            _write_atomic(self.directory / "rendered" / f"{key}.html", html.encode("utf-8"))
+            _write_atomic(self.directory / "rendered" / f"{key}{suffix}", text.encode("utf-8"))
         except OSError:
             pass  # rendering again next time is the only cost
 

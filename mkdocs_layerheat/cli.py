@@ -93,13 +93,11 @@ def extract(
 def assets(folder: Path) -> None:
     """Write BokehJS and the figure loader into FOLDER (default docs/assets/layerheat), for builders that run
     the Markdown extension without the MkDocs plugin (Zensical): run it again after upgrading Bokeh."""
-    import shutil
-
     from .render import assets as files
 
     folder.mkdir(parents=True, exist_ok=True)
-    for name, source in files().items():
-        shutil.copyfile(source, folder / name)
+    for name, content in files().items():
+        (folder / name).write_bytes(content)
     docs = next((p for p in [folder, *folder.parents] if p.name == "docs"), None)
     prefix = folder.relative_to(docs).as_posix() if docs else folder.as_posix()
     click.echo(f"wrote {', '.join(files())} to {folder}; add to mkdocs.yml (or zensical.toml):\n"

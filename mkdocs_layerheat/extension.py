@@ -66,6 +66,8 @@ class LayerheatExtension(Extension):
             "device": ["cpu", "Torch device for extraction (`auto`, `cpu`, `cuda`, `cuda:1`, `mps`)."],
             "dtype": ["float32", "`float32`, `bfloat16`, `float16` or `auto`."],
             "device_map": ["", "`auto`: spread a model larger than one device over all of them (accelerate)."],
+            "max_memory": [{}, "With device_map: auto, the most each device may hold ({0: 70GiB, cpu: 200GiB})."],
+            "offload_folder": ["", "With device_map: auto, the folder for the weights no device can hold."],
             "trust_remote_code": [[], "Model aliases allowed to run code from their repository."],
             "enabled": [True, "When false, blocks render as a placeholder and no model is run."],
             "refresh": [False, "Recompute every heatmap even when cached (also: LAYERHEAT_REFRESH=1)."],
@@ -123,6 +125,7 @@ class LayerheatPreprocessor(Preprocessor):
         docs = Path((zensical or {}).get("docs_dir") or base / "docs")
         docs = docs if docs.is_absolute() else base / docs
         options = SimpleNamespace(**{**self.options, "device_map": self.options["device_map"] or None,
+                                     "offload_folder": self.options["offload_folder"] or None,
                                      "keep_models": 0, "warm_worker": 0})
         templates = self.options["templates"]
         stage = Figures(settings(options, base), Renderer(base / templates if templates else None), docs,
@@ -167,13 +170,13 @@ def _fail(stage: Figures, site: dict) -> None:
 def _check_assets(docs: Path, log) -> None:
     """Warn once when the site does not ship BokehJS and the loader (`layerheat assets`), or ships stale ones."""
     target = docs / ASSET_DIR
-    for name, source in assets().items():
+    for name, content in assets().items():
         copy = target / name
         if not copy.is_file():
             log.warning(f"{os.path.relpath(copy)} is missing: run `layerheat assets {os.path.relpath(target)}` and add "
                         f"its files to extra_javascript and extra_css (see the Zensical page of the docs)")
             return
-        if copy.read_bytes() != source.read_bytes():
+        if copy.read_bytes() != content:
             log.warning(f"{os.path.relpath(copy)} is out of date (another version of Bokeh or of layerheat): run "
                         f"`layerheat assets {os.path.relpath(target)}` again")
             return

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import plan
 from .cache import Cache
 from .directives import Block, find_blocks
-from .render import Renderer
+from .render import Drawn, Renderer
 from .spec import HeatmapSpec, SpecError, parse_spec
 from .worker import idle_seconds as worker_idle_seconds
 
@@ -31,6 +31,8 @@ def settings(options, project_dir: Path, serving: bool = False) -> plan.Settings
         device=options.device,
         dtype=options.dtype,
         device_map=options.device_map,
+        max_memory={str(k): str(v) for k, v in (options.max_memory or {}).items()},
+        offload_folder=str(project_dir / options.offload_folder) if options.offload_folder else None,
         trust_remote_code=tuple(options.trust_remote_code),
         refresh=options.refresh or os.environ.get("LAYERHEAT_REFRESH", "") not in ("", "0"),
         keep_models=options.keep_models if serving else 0,
@@ -59,6 +61,7 @@ class Figures:
         self.outcomes: dict[HeatmapSpec, plan.Outcome] = {}
         self.parsed: dict[str, HeatmapSpec | SpecError] = {}
         self.failures: list[Failure] = []
+        self.statics: dict[str, str] = {}  # the static SVG of each figure drawn: file name -> content
 
     def parse(self, body: str) -> HeatmapSpec | SpecError:
         """A block's spec (or its error), parsed once per build."""
@@ -77,9 +80,11 @@ class Figures:
         if self.enabled and specs:
             self.outcomes.update(plan.run(specs, self.settings, self.log))
 
-    def html(self, block: Block, page: str, number: int, data_url: Callable[[str], str] | None = None) -> str:
+    def html(self, block: Block, page: str, number: int, data_url: Callable[[str], str] | None = None,
+             static_url: Callable[[str], str] | None = None) -> str:
         """The figure of `block`, the `number`th of `page` (its path, for messages); `data_url(key)`, where the
-        raw matrix of an entry can be downloaded (None: no download links)."""
+        raw matrix of an entry can be downloaded, `static_url(name)` where the static SVG `name` of a figure will
+        be (None: no download links, no static figure; the SVGs to write are in `self.statics`)."""
         where = f"{page}:{block.line}"
         if not block.terminated:
             return self.error(where, "unterminated layerheat fence (no closing ``` found)")
@@ -97,10 +102,13 @@ class Figures:
                 return self.error(where, which + outcome.error)
             outcomes.append(outcome)
         urls = [data_url(o.key) if data_url else None for o in outcomes]
-        key = repr(([o.key for o in outcomes], spec, number, urls, self.renderer.fingerprint))
+        key = repr(([o.key for o in outcomes], spec, number, urls, static_url and static_url(""),
+                    self.renderer.fingerprint))
         key = hashlib.sha256(key.encode()).hexdigest()
-        html = self.cache.get_rendered(key)
-        if html is None:
+        name = f"{key[:20]}.svg"
+        url = static_url(name) if static_url else None
+        html, svg = self.cache.get_rendered(key), self.cache.get_rendered(key, ".svg")
+        if html is None or svg is None:
             heatmaps = []
             for side, outcome in zip(sides, outcomes):
                 heatmap = self._heatmap(side, outcome)
@@ -108,11 +116,14 @@ class Figures:
                     return self.error(where, heatmap)
                 heatmaps.append(heatmap)
             try:
-                html = self._draw(spec, number, heatmaps, urls)
+                html, svg = dataclasses.astuple(self._draw(spec, number, heatmaps, urls, url))
             except Exception as exc:  # one figure that cannot be drawn must not take the site down
                 self.log.debug("rendering failed", exc_info=True)
                 return self.error(where, f"cannot render this heatmap: {type(exc).__name__}: {exc}")
+            self.cache.put_rendered(key, svg, ".svg")
             self.cache.put_rendered(key, html)
+        if url:
+            self.statics[name] = svg
         return html
 
     def error(self, where: str, message: str) -> str:
@@ -133,7 +144,8 @@ class Figures:
         outcome = plan.run([spec], dataclasses.replace(self.settings, refresh=True), self.log)[spec]
         return outcome.error or outcome.heatmap
 
-    def _draw(self, spec: HeatmapSpec, number: int, heatmaps: list, data_urls: list[str | None]) -> str:
+    def _draw(self, spec: HeatmapSpec, number: int, heatmaps: list, data_urls: list[str | None],
+              static_url: str | None) -> Drawn:
         """One heatmap, the panels of several metrics, or the two of a `compare:` block on one scale with their
         difference."""
         from .analysis import analyze
@@ -148,11 +160,11 @@ class Figures:
                 sides.append((heatmap, values, label, analyze(heatmap, values, label, spec.normalize,
                                                               color_range=spec.color_range, palette=spec.palette), url))
             if spec.panels:
-                return self.renderer.panels(number, sides, spec)
+                return self.renderer.panels(number, sides, spec, static_url)
             heatmap, values, label, findings, url = sides[0]
-            return self.renderer.figure(number, heatmap, values, label, spec, findings, data_url=url)
+            return self.renderer.figure(number, heatmap, values, label, spec, findings, url, static_url)
         a, b = heatmaps
         values = shared_scale(a, b, spec.normalize)
         sides = [(h, v, lab, analyze(h, v, lab), url) for h, v, lab, url in zip(heatmaps, values, labels, data_urls)]
         diff = difference(a, b, *values)
-        return self.renderer.comparison(number, sides, diff, side_names(*spec.sides()), spec)
+        return self.renderer.comparison(number, sides, diff, side_names(*spec.sides()), spec, static_url)

@@ -172,7 +172,7 @@ class LoadedModel:
 
     @property
     def device(self) -> Any:
-        return next(self.model.parameters()).device
+        return input_device(self.model)
 
     def lens_head(self) -> tuple[list[Any], Any]:
         """What turns the last block's output into logits: the modules in between (the final norm) and the unembedding."""
@@ -243,13 +243,16 @@ def load(
     dtype: str = "float32",
     device_map: str | None = None,
     trust_remote_code: bool = False,
+    max_memory: dict[str, str] | None = None,
+    offload_folder: str | None = None,
 ) -> LoadedModel:
     """Load weights and tokenizer in eval mode, with blocks, attention and MLP modules located.
 
     `eager_attention`: attention weights will be needed (chunked attention where the model supports the
     attention interface, else the eager implementation); otherwise the model keeps its default (SDPA).
     A .gguf model is dequantised once into `converted` (when given) and loaded from there afterwards.
-    `device_map="auto"` spreads a model larger than one device over several through accelerate.
+    `device_map="auto"` spreads a model larger than one device over several through accelerate, each device
+    holding at most its `max_memory` (`{"0": "70GiB", "cpu": "200GiB"}`), the rest in `offload_folder`.
     """
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -276,7 +279,10 @@ def load(
         kwargs["revision"] = ref.revision
     if trust_remote_code:
         kwargs["trust_remote_code"] = True
-    placement: dict[str, Any] = {"device_map": device_map} if device_map else {}
+    placement: dict[str, Any] = {}
+    if device_map:
+        placement = {"device_map": device_map, "offload_folder": offload_folder,
+                     "max_memory": {_number(k): _number(v) for k, v in (max_memory or {}).items()} or None}
     try:
         config = AutoConfig.from_pretrained(location, **kwargs)
         causal = bool(getattr(config, "is_decoder", False)) or any(
@@ -306,6 +312,11 @@ def load(
         except (ValueError, KeyError, ImportError, NotImplementedError):
             pass  # keep the eager implementation: the weights come back from each attention module
     return LoadedModel(ref, model, tokenizer, causal, blocks, attentions, mlps, attention, dtype)
+
+
+def _number(text):
+    """A GPU index or a size in bytes, as accelerate wants them (int), from the config's text."""
+    return int(text) if str(text).isdigit() else text
 
 
 def first_line(exc: Exception) -> str:
@@ -388,7 +399,7 @@ def locate_head(model: Any, blocks: list[Any]) -> tuple[list[Any], Any]:
 
     handles = [blocks[-1].register_forward_hook(watch_last, with_kwargs=True)]
     handles += [m.register_forward_hook(watch) for m in model.modules() if id(m) not in inside and m is not model]
-    device = next(model.parameters()).device
+    device = input_device(model)
     vocab = model.config.get_text_config().vocab_size
     try:
         with torch.inference_mode():
@@ -523,8 +534,26 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     return out_dir
 
 
+def input_device(model: Any) -> Any:
+    """Where a model's inputs go: the device of its first parameter; placed by accelerate (`device_map`), the
+    device its first module runs on (a module offloaded to the CPU or to disk runs on the CPU)."""
+    import torch
+
+    placed = getattr(model, "hf_device_map", None)
+    if not placed:
+        return next(model.parameters()).device
+    first = next(iter(placed.values()))
+    return torch.device("cpu" if first in ("cpu", "disk") else first)
+
+
 def _device_of(module: Any, fallback: Any) -> Any:
-    """The device of a module's parameters (a module without any: the tensor's)."""
+    """The device a module runs on: where accelerate runs it when it placed it (its weights may be offloaded),
+    else the device of its parameters (a module without any: the tensor's)."""
+    import torch
+
+    hook = getattr(module, "_hf_hook", None)
+    if getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device)
     for p in module.parameters():
         return p.device
     return fallback.device

@@ -19,11 +19,11 @@ from jinja2 import BaseLoader, Environment, StrictUndefined, pass_context
 from .analysis import MAX_RUNS, Findings
 from .catalog import METRICS, MetricRequest
 from .compare import IDENTICAL, Difference
+from .figure import OVERSHOOT
 from .heatmap import Heatmap
 from .joint import Link, links
 from .labels import display_labels
 from .phenomena import LENSES, SOURCES, TRACES, Phenomenon, reference, restored_output, sought
-from .render import OVERSHOOT
 
 NAMES = {"attention-sink": "Attention sinks", "massive-activation": "Massive activations",
          "edge-effect": "Edge effect", "prediction-converges": "Predictions settle", "late-drop": "Late drops",

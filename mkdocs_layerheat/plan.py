@@ -60,6 +60,8 @@ class Settings:
     device: str = "cpu"
     dtype: str = "float32"  # auto | float32 | bfloat16 | float16
     device_map: str | None = None  # "auto": spread over the devices through accelerate
+    max_memory: dict[str, str] = dataclasses.field(default_factory=dict)  # device ("0", "cpu") -> "20GiB"
+    offload_folder: str | None = None  # where accelerate puts the weights that fit on no device
     trust_remote_code: tuple[str, ...] = ()  # model aliases (or references) allowed to run their own code
     refresh: bool = False  # recompute even what the cache holds
     keep_models: int = 0  # models kept loaded after the build (mkdocs serve)
@@ -306,7 +308,8 @@ def _key_options(spec: HeatmapSpec, settings: Settings) -> dict[str, Any]:
 
 def _pool_key(ref: ModelRef, settings: Settings, model_fingerprint: str) -> tuple:
     """What a kept model must match to be used again: its weights, device and dtype."""
-    return ref, settings.device, settings.dtype, model_fingerprint
+    return (ref, settings.device, settings.dtype, settings.device_map, tuple(sorted(settings.max_memory.items())),
+            model_fingerprint)
 
 
 def _acquire(ref: ModelRef, settings: Settings, model_fingerprint: str) -> Any:
@@ -327,6 +330,7 @@ def _acquire(ref: ModelRef, settings: Settings, model_fingerprint: str) -> Any:
     return load(
         ref, settings.device, eager_attention=True, converted=converted,
         dtype=settings.dtype, device_map=settings.device_map, trust_remote_code=trust,
+        max_memory=settings.max_memory, offload_folder=settings.offload_folder,
     )
 
 

@@ -37,6 +37,11 @@ class LayerheatConfig(base.Config):
     """Weights and activations: `float32` (exact, the same numbers everywhere), `bfloat16`/`float16`, or `auto`."""
     device_map = c.Optional(c.Choice(("auto",)))
     """`auto`: spread a model larger than one device over all of them (accelerate)."""
+    max_memory = c.Type(dict, default={})
+    """With `device_map: auto`, the most each device may hold (`{0: 70GiB, 1: 70GiB, cpu: 200GiB}`); the rest
+    goes to `offload_folder`."""
+    offload_folder = c.Optional(c.Type(str))
+    """With `device_map: auto`, the folder (relative to mkdocs.yml) for the weights no device can hold."""
     trust_remote_code = c.ListOfItems(c.Type(str), default=[])
     """Model aliases allowed to run code from their repository (never settable from a page)."""
     enabled = c.Type(bool, default=True)
@@ -100,10 +105,10 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
     def on_files(self, files: Files, config) -> Files:
         if not self.config.enabled:
             return files
-        for name, source in assets().items():  # the installed files win over a copy from `layerheat assets`
+        for name, content in assets().items():  # the installed files win over a copy from `layerheat assets`
             if files.get_file_from_path(f"{ASSET_DIR}/{name}") is not None:
                 files.remove(files.get_file_from_path(f"{ASSET_DIR}/{name}"))
-            files.append(File.generated(config, f"{ASSET_DIR}/{name}", abs_src_path=str(source)))
+            files.append(File.generated(config, f"{ASSET_DIR}/{name}", content=content))
         self.stage.plan(file.content_string for file in files.documentation_pages())
         exported = {o.key: o for o in self.stage.outcomes.values() if o.error is None}
         for key, outcome in exported.items():  # the "data" links of the figures, made once per entry
@@ -125,7 +130,8 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
         def figure(block: Block) -> str:
             placeholder = f"LAYERHEAT{self.nonce}X{len(self.figures)}X"
             self.figures[placeholder] = self.stage.html(
-                block, page_path, numbers[block.line], lambda key: get_relative_url(_data_uri(key), page.url))
+                block, page_path, numbers[block.line], lambda key: get_relative_url(_data_uri(key), page.url),
+                lambda name: get_relative_url(f"{ASSET_DIR}/figures/{name}", page.url))
             return placeholder
 
         return replace_blocks(markdown, blocks, figure)
@@ -136,3 +142,11 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
         token = rf"LAYERHEAT{self.nonce}X\d+X"
         pattern = re.compile(rf"<p>\s*({token})\s*</p>|({token})")
         return pattern.sub(lambda m: self.figures.pop(m.group(1) or m.group(2), m.group(0)), html)
+
+    def on_post_build(self, config) -> None:
+        """The static SVG of every figure drawn, next to the assets (`static.html` links them)."""
+        folder = Path(config.site_dir) / ASSET_DIR / "figures"
+        if self.stage.statics:
+            folder.mkdir(parents=True, exist_ok=True)
+        for name, svg in self.stage.statics.items():
+            (folder / name).write_text(svg, encoding="utf-8")

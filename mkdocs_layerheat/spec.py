@@ -93,7 +93,8 @@ _KEYS = (
     *sorted(INTERVENTION_OPTIONS),
 )
 _COMPARE_KEYS = ("model", "text", "text_file")  # what the second heatmap of a `compare:` block may change
-_SITE_KEYS = ("device", "dtype", "device_map", "trust_remote_code")  # mkdocs.yml only, never a page
+# mkdocs.yml only, never a page
+_SITE_KEYS = ("device", "dtype", "device_map", "max_memory", "offload_folder", "trust_remote_code")
 
 
 def _did_you_mean(word: str, choices) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from figuredata import payloads
 
 from mkdocs_layerheat.cache import Cache
 
@@ -116,26 +117,6 @@ def build(root: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def payloads(html: str) -> list[dict]:
-    found = re.findall(r'<script type="application/json" class="layerheat-item"[^>]*>(.*?)</script>', html, re.S)
-    return [json.loads(p) for p in found]
-
-
-def hover_args(item: dict) -> dict:
-    """The arguments of the figure's tooltip formatter: token labels, layer labels, raw values."""
-    def walk(node):
-        if isinstance(node, dict):
-            if node.get("name") == "CustomJSHover":
-                yield node["attributes"]["args"]
-            for value in node.values():
-                yield from walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                yield from walk(value)
-    args = next(walk(item["doc"]))
-    return dict(args["entries"]) if "entries" in args else args
-
-
 @pytest.fixture(scope="module")
 def first_build(site):
     return build(site)
@@ -154,9 +135,9 @@ def test_page_has_an_offline_interactive_heatmap_with_summary(site, first_build)
     items = payloads(html)
     assert len(items) == 1
     assert 'class="layerheat-error' in html  # the bad block is an error box, the good one a figure
-    args = hover_args(items[0])
-    tokens = args["labels"]
-    assert args["layers"] == [str(i) for i in range(1, 31)]
+    (panel,) = items[0]["panels"]
+    tokens = panel["tokens"]
+    assert panel["layers"] == [str(i) for i in range(1, 31)]
     assert tokens[:3] == ["A", "and", "B"]  # readable labels: no Ġ markers, no leading spaces
     assert not any("Ġ" in t or "▁" in t for t in tokens)
     assert "What is plotted." in html and "Trend by depth." in html
@@ -164,7 +145,8 @@ def test_page_has_an_offline_interactive_heatmap_with_summary(site, first_build)
     # BokehJS is shipped once with the site, never from a CDN
     assert (site / "site" / "assets" / "layerheat" / "bokeh.min.js").stat().st_size > 100_000
     assert "assets/layerheat/bokeh.min.js" in html and "cdn.bokeh.org" not in html
-    assert "embed_item" in (site / "site" / "assets" / "layerheat" / "layerheat.js").read_text()
+    loader = (site / "site" / "assets" / "layerheat" / "layerheat.js").read_text()
+    assert "Plotting.show(build(" in loader and "window.layerheatPalettes = " in loader  # with BokehJS's API
 
 
 def test_summary_states_facts_of_the_matrix(site, first_build):
@@ -258,10 +240,9 @@ def test_several_metrics_are_panels_of_one_figure_with_one_summary(site, first_b
 
     html = (site / "site" / "panels" / "index.html").read_text()
     (item,) = payloads(html)
-    figures = [n for n in walk_models(item["doc"]) if n.get("name") == "Figure"]
+    figures = item["panels"]
     assert len(figures) == 3
-    ranges = {f["attributes"]["x_range"]["id"] for f in figures}
-    assert len(ranges) == 1  # one token axis (one Range1d): the panels pan and zoom together
+    assert [f.get("linked", False) for f in figures] == [False, True, True]  # one token axis: they pan together
     assert html.count(".csv\" download") == 3  # each panel's data
     text = re.sub(r"<[^>]+>", "", html.split('class="layerheat-summary"')[1].split("</div>")[0])
     assert "Read together." in text and "Panel by panel." in text
@@ -282,12 +263,3 @@ def test_several_metrics_are_panels_of_one_figure_with_one_summary(site, first_b
     check_joint(joint, panels)
     assert joint.startswith("`A` is both an attention sink in (a)")  # the demo model's first token
 
-
-def walk_models(node):
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from walk_models(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from walk_models(value)

@@ -3,8 +3,6 @@ summary's claims, and real `mkdocs build` runs with two tiny models and two text
 
 from __future__ import annotations
 
-import base64
-import gzip
 import html
 import json
 import re
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_render import walk
+from figuredata import payloads, raw, shown
 
 from mkdocs_layerheat.compare import IDENTICAL, difference, shared_scale, side_names
 from mkdocs_layerheat.heatmap import Heatmap
@@ -202,21 +200,6 @@ def test_token_labels_in_the_summary_are_code_spans():
 
 # --- real builds -------------------------------------------------------------------------------------
 
-def decode(node):
-    """The float32 arrays of a Bokeh json_item, in order of appearance."""
-    if isinstance(node, dict):
-        if node.get("type") == "ndarray" and node.get("dtype") == "float32":
-            data = node["array"]["data"] if isinstance(node["array"], dict) else node["array"]
-            raw = base64.b64decode(data)
-            raw = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw  # Bokeh compresses larger arrays
-            yield np.frombuffer(raw, dtype=np.float32).reshape(node["shape"])
-        for value in node.values():
-            yield from decode(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from decode(value)
-
-
 @pytest.fixture(scope="module")
 def other_llama(llama_model, tmp_path_factory) -> Path:
     """The tiny Llama with its second layer's attention and MLP weights changed: another model, same tokenizer."""
@@ -280,12 +263,11 @@ def built(tmp_path_factory, llama_model, other_llama):
 def test_two_models_three_panels_on_one_scale_and_their_difference(built):
     root, _, page = built
     figure = page.split('id="layerheat-1-figure"')[1].split("</figure>")[0]
-    item = json.loads(re.search(r'<script type="application/json" class="layerheat-item"[^>]*>(.*?)</script>', figure).group(1))
-    mappers = list(walk(item["doc"], "LinearColorMapper"))
-    assert len(mappers) == 3
-    assert [(m["attributes"]["low"], m["attributes"]["high"]) for m in mappers[:2]] == [(0.0, 1.0), (0.0, 1.0)]
-    images = list(decode(item["doc"]))  # per panel: the shown values, then the raw ones for the tooltip
-    shown_a, raw_a, shown_b, raw_b, shown_d, raw_d = images
+    (item,) = payloads(figure)
+    scales = [tuple(p["scale"]) for p in item["panels"]]
+    assert len(scales) == 3 and scales[:2] == [(0.0, 1.0), (0.0, 1.0)]
+    shown_a, shown_b, shown_d = (shown(p) for p in item["panels"])
+    raw_d = raw(item["panels"][2])
     links = re.findall(r'href="([^"]+)\.json"', figure)
     a, b = (Heatmap.from_dict(json.loads((root / "site" / (link + ".json")).read_text())) for link in links)
     assert a.model != b.model and a.tokens == b.tokens
@@ -296,7 +278,7 @@ def test_two_models_three_panels_on_one_scale_and_their_difference(built):
     np.testing.assert_allclose(shown_d.reshape(a.values.shape), (b.values - a.values) / (hi - lo), atol=1e-5)
     np.testing.assert_allclose(raw_d.reshape(a.values.shape), b.values - a.values, atol=1e-4)
     span = float(np.abs(shown_d).max())
-    assert (mappers[2]["attributes"]["low"], mappers[2]["attributes"]["high"]) == pytest.approx((-span, span))
+    assert scales[2] == pytest.approx((-span, span))
     assert not np.allclose(a.values, b.values)
     text = html.unescape(re.sub(r"<[^>]+>", "", figure))
     assert "(a) base against (b) other." in text and "differs from (a) most at layer" in text
@@ -306,8 +288,8 @@ def test_two_models_three_panels_on_one_scale_and_their_difference(built):
 def test_two_texts_of_other_lengths_are_two_panels_without_difference(built):
     _, _, page = built
     figure = page.split('id="layerheat-2-figure"')[1].split("</figure>")[0]
-    item = json.loads(re.search(r'class="layerheat-item"[^>]*>(.*?)</script>', figure).group(1))
-    assert len(list(walk(item["doc"], "LinearColorMapper"))) == 2
+    (item,) = payloads(figure)
+    assert len(item["panels"]) == 2
     assert "so no difference is drawn" in html.unescape(figure)
 
 

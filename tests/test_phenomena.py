@@ -11,7 +11,6 @@ import pytest
 from claims import check_summary
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_render import walk
 
 from mkdocs_layerheat.analysis import analyze
 from mkdocs_layerheat.heatmap import Heatmap
@@ -273,7 +272,7 @@ def test_demo_logit_lens_credits_the_right_token(demo):
 
 
 def test_robust_colour_range_clips_the_massive_token_in_figure_and_words():
-    from mkdocs_layerheat.render import figure_item
+    from mkdocs_layerheat import figure
 
     rng = np.random.default_rng(5)
     v = rng.uniform(50, 150, (12, 20))
@@ -287,16 +286,13 @@ def test_robust_colour_range_clips_the_massive_token_in_figure_and_words():
     above = int((values > high).sum())
     assert findings.clip["high"] == pytest.approx(high) and findings.clip["tokens"][0] == (0, 8)
     assert f"{above} cells lie above it" in text and "marked ▲ (`w0`: 8, " in text
-    item = figure_item(heatmap, values, heatmap.tokens, "global", clip=(0.0, high))
-    (mapper,) = [m for m in walk(item["doc"], "LinearColorMapper")]
-    assert mapper["attributes"]["high"] == pytest.approx(high) and mapper["attributes"]["low"] == pytest.approx(0)
-    markers = [g for g in walk(item["doc"], "Scatter")]
-    assert markers and {str(g["attributes"]["marker"]) for g in markers} == {str({"type": "value", "value": "triangle"})}
-    data = [dict(d["attributes"]["data"]["entries"]) for d in walk(item["doc"], "ColumnDataSource")]
-    (cells,) = [d for d in data if "x" in d]  # one marker per clipped cell, at (token, row)
-    assert sorted(zip(cells["x"], cells["y"])) == sorted((int(t), int(r)) for r, t in zip(*np.nonzero(values > high)))
-    plain = figure_item(heatmap, values, heatmap.tokens, "global")
-    assert not list(walk(plain["doc"], "Scatter")) and "98th percentile" not in RENDERER.narrative.markdown(
+    (panel,) = figure.single(heatmap, values, heatmap.tokens, "global", clip=(0.0, high)).panels
+    assert panel.scale[1] == pytest.approx(high) and panel.scale[0] == pytest.approx(0)
+    above, below = panel.beyond  # one ▲ per clipped cell, at (row, token); none below the minimum
+    assert len(below) == 0 and panel.bar_title.endswith("(clipped ▲▼)")
+    assert sorted(divmod(int(i), 20) for i in above) == sorted((int(r), int(t)) for r, t in zip(*np.nonzero(values > high)))
+    (plain,) = figure.single(heatmap, values, heatmap.tokens, "global").panels
+    assert not any(map(len, plain.beyond)) and "98th percentile" not in RENDERER.narrative.markdown(
         heatmap, analyze(heatmap, values, heatmap.tokens, "global"), "global")
 
 

@@ -18,9 +18,10 @@ import pytest
 from mkdocs_layerheat import models
 from mkdocs_layerheat.cache import Cache
 from mkdocs_layerheat.extract import _bytes_to_unicode, extract, fragment_bytes
+from mkdocs_layerheat.figure import single
 from mkdocs_layerheat.heatmap import Heatmap
 from mkdocs_layerheat.labels import bytes_text, display_labels, fragment_notes
-from mkdocs_layerheat.render import data_csv, figure_item
+from mkdocs_layerheat.render import data_csv
 
 DEMO = Path(__file__).resolve().parents[1] / ".models" / "SmolLM2-135M-Instruct"
 # a dash, accents, emoji (one the vocabulary has whole, others it splits), CJK rare and common, a math letter
@@ -105,8 +106,7 @@ def test_demo_model_labels_in_the_figure_tooltip_and_exports(demo):
     pieces = token_bytes_of(heatmap)
     assert b"".join(pieces) == "🦜 é".encode()
     labels = display_labels(heatmap.tokens, heatmap.token_bytes)
-    item = figure_item(heatmap, heatmap.normalized("global"), labels, "global")
-    doc = json.dumps(item, ensure_ascii=False)
+    doc = single(heatmap, heatmap.normalized("global"), labels, "global").payload()
     first = labels[0]
     assert first.startswith("⟨F0 9F") and first.endswith("⟩")
     assert json.dumps(first, ensure_ascii=False) in doc  # the axis label and the tooltip's label

@@ -105,10 +105,50 @@ def test_a_500_token_text_scrolls_instead_of_squashing(site, page):
     url, _ = site
     page.goto(url + "examples/long-text/")
     wait_for_figures(page)
-    tokens = page.evaluate("() => JSON.parse(document.querySelector('script.layerheat-item').textContent)")
-    labels = re.search(r'\["labels",\[(.*?)\]\]', json.dumps(tokens, separators=(",", ":"))).group(1)
-    assert labels.count('","') + 1 >= 400
+    data = page.evaluate("() => JSON.parse(document.querySelector('script.layerheat-item').textContent)")
+    assert len(data["panels"][0]["tokens"]) >= 400
     width, visible = page.evaluate("() => { const d = document.querySelector('.layerheat-plot');"
                                    " return [d.scrollWidth, d.clientWidth]; }")
     assert width >= 12 * 400 and visible < width  # at least 12 px per token, scrollable
     assert page.problems == []
+
+
+def test_the_static_figure_is_fetched_only_to_print_and_is_in_the_pdf(site, page):
+    """On screen the page fetches no SVG; printed (Chromium's page.pdf), the static figures replace the
+    interactive ones: the PDF holds each heatmap's many colours, its title and its colour bar's ticks."""
+    import io
+
+    from pypdf import PdfReader
+
+    url, _ = site
+    svgs = []
+    page.on("request", lambda r: svgs.append(r.url) if r.url.endswith(".svg") else None)
+    page.goto(url + "examples/arithmetic/")
+    figures = wait_for_figures(page)
+    assert svgs == []
+    link = page.locator("figure.layerheat").first.locator("a", has_text="SVG")
+    assert link.get_attribute("download") is not None
+    pdf = PdfReader(io.BytesIO(page.pdf(format="A4")))
+    assert len(set(svgs)) == figures >= 4  # fetched to print, each once
+    text = "".join(p.extract_text() for p in pdf.pages)
+    assert "Figure 1" in text and "0.2" in text and "0.8" in text
+    drawn = 0
+    for p in pdf.pages:  # a heatmap: a page with many fill colours (the cells')
+        fills = set(re.findall(rb"([\d.]+ [\d.]+ [\d.]+) (?:rg|sc|scn)\b", p.get_contents().get_data()))
+        drawn += len(fills) > 100
+    assert drawn >= figures
+    page.emulate_media(media="print")
+    assert page.locator(".layerheat-plot").first.is_hidden() and page.locator("img.layerheat-static").first.is_visible()
+    assert page.problems == []
+
+
+def test_without_javascript_the_page_shows_the_static_figure(site, browser):
+    url, _ = site
+    context = browser.new_context(java_script_enabled=False)
+    tab = context.new_page()
+    tab.goto(url + "examples/arithmetic/")
+    tab.wait_for_load_state("networkidle")
+    image = tab.locator("img.layerheat-static").first
+    assert image.is_visible() and image.evaluate("i => i.complete && i.naturalWidth >= 320")
+    assert tab.locator(".layerheat-plot").first.is_hidden()
+    context.close()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from browserkit import ARTIFACTS, plot_pixels, serve, tooltip, wait_for_figures
 
-from mkdocs_layerheat.render import figure_height
+from mkdocs_layerheat.figure import figure_height
 
 LIGHT, DARK = "#444444", "#d5d7e2"  # the loader's axis text colours (assets/layerheat.js)
 TEXT = "A dash — and a parrot 🦜 look back at the fox."  # the tiny tokenizer splits "—" and "🦜" into bytes
