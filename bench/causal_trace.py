@@ -38,12 +38,12 @@ def main() -> None:
     import trace_reference as ref
     from transformers import AutoModelForCausalLM
 
-    from mkdocs_layerheat import models
+    from mkdocs_layerheat import models, refs
     from mkdocs_layerheat.catalog import MetricRequest
     from mkdocs_layerheat.extract import extract
 
     torch.manual_seed(0)
-    loaded = models.load(models.resolve(str(DEMO)))
+    loaded = models.load(refs.resolve(str(DEMO)))
     plain = AutoModelForCausalLM.from_pretrained(DEMO, attn_implementation="eager", dtype=torch.float32).eval()
     request = MetricRequest("causal-trace", subject=args.subject, samples=args.samples, restore=args.restore)
     extract(loaded, args.text, [MetricRequest("causal-trace", subject=args.subject, samples=1, layers=(1,))])  # warm-up

@@ -47,7 +47,7 @@ torch.set_grad_enabled(False)
 if config == "c":
     from mkdocs_layerheat import models
     from mkdocs_layerheat.extract import extract
-    loaded = models.load(models.resolve(model_dir), eager_attention=True)
+    loaded = models.load(refs.resolve(model_dir), eager_attention=True)
     t0 = time.perf_counter()
     heatmap = extract(loaded, text, ["attention"], max_tokens=n)["attention"]
     compute = time.perf_counter() - t0

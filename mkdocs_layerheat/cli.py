@@ -54,7 +54,8 @@ def extract(
     import yaml
 
     from . import extract as extraction
-    from .models import ModelError, load, resolve
+    from .models import load
+    from .refs import ModelError, resolve
     from .spec import SpecError, parse_spec
 
     if (text is None) == (text_file is None):

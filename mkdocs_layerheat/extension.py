@@ -18,10 +18,9 @@ from markdown import Extension
 from markdown.preprocessors import Preprocessor
 
 from .directives import find_blocks, replace_blocks
-from .figures import Figures, settings
+from .figures import ASSET_DIR, Figures, settings
 from .render import Renderer, assets
 
-ASSET_DIR = "assets/layerheat"
 _STAGES: dict[str, tuple[Figures, dict]] = {}  # one stage per site (project folder and options), per process
 
 

@@ -5,19 +5,38 @@ one `PAGE:LINE: message` warning, and the rest of the site still builds."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from . import plan
 from .cache import Cache
 from .directives import Block, find_blocks
+from .failures import Failure
 from .render import Drawn, Renderer
 from .spec import HeatmapSpec, SpecError, parse_spec
 from .worker import idle_seconds as worker_idle_seconds
+
+ASSET_DIR = "assets/layerheat"  # in the site: BokehJS, the loader and styles (`render.assets`), and below it
+DATA_DIR, STATIC_DIR = f"{ASSET_DIR}/data", f"{ASSET_DIR}/figures"  # the data downloads, the static SVGs
+
+
+def data_path(key: str) -> str:
+    """Where in the site the raw matrix of an entry is offered (+ ".csv", ".json")."""
+    return f"{DATA_DIR}/{key[:16]}"
+
+
+def _export(outcome: plan.Outcome, suffix: str) -> str | None:
+    """The raw matrix of an entry as CSV or JSON (None if it cannot be read)."""
+    from .render import data_csv
+
+    heatmap = outcome.heatmap
+    if heatmap is None:
+        return None
+    return data_csv(heatmap) if suffix == ".csv" else heatmap.to_json()
 
 
 def settings(options, project_dir: Path, serving: bool = False) -> plan.Settings:
@@ -40,17 +59,6 @@ def settings(options, project_dir: Path, serving: bool = False) -> plan.Settings
     )
 
 
-@dataclass(frozen=True)
-class Failure:
-    """Why a block has no figure, and where it is."""
-
-    where: str  # "docs/index.md:12"
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
-
-
 class Figures:
     """Every figure of one build: the specs parsed once, the heatmaps planned together, one cache."""
 
@@ -61,7 +69,7 @@ class Figures:
         self.outcomes: dict[HeatmapSpec, plan.Outcome] = {}
         self.parsed: dict[str, HeatmapSpec | SpecError] = {}
         self.failures: list[Failure] = []
-        self.statics: dict[str, str] = {}  # the static SVG of each figure drawn: file name -> content
+        self.statics: dict[str, Path | str] = {}  # the static SVG of each figure drawn: name -> its file or content
 
     def parse(self, body: str) -> HeatmapSpec | SpecError:
         """A block's spec (or its error), parsed once per build."""
@@ -80,17 +88,29 @@ class Figures:
         if self.enabled and specs:
             self.outcomes.update(plan.run(specs, self.settings, self.log))
 
+    def site_files(self) -> Iterator[tuple[str, Path | str]]:
+        """The files the figures add to the site (`cache.place` puts them there): the data downloads of every
+        entry, made once and kept in the cache, and the static SVG of every figure drawn; each as (path in the
+        site, its file in the cache, or its content when the cache cannot keep it)."""
+        for key, outcome in {o.key: o for o in self.outcomes.values() if o.error is None}.items():
+            for suffix in (".csv", ".json"):
+                content = functools.partial(_export, outcome, suffix)
+                source = self.cache.export(key, suffix, content) or content()
+                if source is not None:
+                    yield data_path(key) + suffix, source
+        for name, source in self.statics.items():
+            yield f"{STATIC_DIR}/{name}", source
+
     def html(self, block: Block, page: str, number: int, data_url: Callable[[str], str] | None = None,
              static_url: Callable[[str], str] | None = None) -> str:
         """The figure of `block`, the `number`th of `page` (its path, for messages); `data_url(key)`, where the
         raw matrix of an entry can be downloaded, `static_url(name)` where the static SVG `name` of a figure will
         be (None: no download links, no static figure; the SVGs to write are in `self.statics`)."""
-        where = f"{page}:{block.line}"
         if not block.terminated:
-            return self.error(where, "unterminated layerheat fence (no closing ``` found)")
+            return self.error(Failure("unterminated layerheat fence (no closing ``` found)").at(page, block.line))
         spec = self.parse(block.body)
         if isinstance(spec, SpecError):
-            return self.error(f"{page}:{block.line + (spec.line or 0)}", str(spec))
+            return self.error(Failure(str(spec)).at(page, block.line + (spec.line or 0)))
         if not self.enabled:
             return self.renderer.placeholder(spec)
         sides = spec.sides()
@@ -99,7 +119,7 @@ class Figures:
         for side, which in zip(sides, prefixes):
             outcome = self.outcomes.get(side) or plan.run([side], self.settings, self.log)[side]
             if outcome.error:
-                return self.error(where, which + outcome.error)
+                return self.error(outcome.error.within(which).at(page, block.line))
             outcomes.append(outcome)
         urls = [data_url(o.key) if data_url else None for o in outcomes]
         key = repr(([o.key for o in outcomes], spec, number, urls, static_url and static_url(""),
@@ -107,32 +127,31 @@ class Figures:
         key = hashlib.sha256(key.encode()).hexdigest()
         name = f"{key[:20]}.svg"
         url = static_url(name) if static_url else None
-        html, svg = self.cache.get_rendered(key), self.cache.get_rendered(key, ".svg")
+        html, svg = self.cache.get_rendered(key), self.cache.rendered(key, ".svg")
         if html is None or svg is None:
             heatmaps = []
             for side, outcome in zip(sides, outcomes):
                 heatmap = self._heatmap(side, outcome)
-                if isinstance(heatmap, str):
-                    return self.error(where, heatmap)
+                if isinstance(heatmap, Failure):
+                    return self.error(heatmap.at(page, block.line))
                 heatmaps.append(heatmap)
             try:
                 html, svg = dataclasses.astuple(self._draw(spec, number, heatmaps, urls, url))
             except Exception as exc:  # one figure that cannot be drawn must not take the site down
                 self.log.debug("rendering failed", exc_info=True)
-                return self.error(where, f"cannot render this heatmap: {type(exc).__name__}: {exc}")
-            self.cache.put_rendered(key, svg, ".svg")
+                return self.error(Failure(f"cannot render this heatmap: {type(exc).__name__}: {exc}").at(page, block.line))
+            svg = self.cache.put_rendered(key, svg, ".svg") or svg
             self.cache.put_rendered(key, html)
         if url:
             self.statics[name] = svg
         return html
 
-    def error(self, where: str, message: str) -> str:
+    def error(self, failure: Failure) -> str:
         """Report a bad block once, by page and line, and give the error box that replaces it."""
-        failure = Failure(where, message)
         if failure not in self.failures:  # a block tried twice (a site scanned, then its page) is said once
             self.failures.append(failure)
             self.log.warning(str(failure))
-        return self.renderer.error(where, message)
+        return self.renderer.error(failure.where, failure.text)
 
     def _heatmap(self, spec: HeatmapSpec, outcome: plan.Outcome):
         """The values of an outcome; an entry found unusable when read is reported and computed again."""

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from .catalog import MetricRequest
-from .models import LoadedModel, first_line
+from .models import LoadedModel
+from .refs import first_line
 
 CHUNK_TOKENS = 1 << 15  # rows x tokens of one restored run
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .analysis import Findings
+from .findings import Findings
 from .heatmap import Heatmap, quiet
 from .phenomena import NORMS, true_runs
 

@@ -1,145 +1,18 @@
-"""Model references: resolving, fingerprinting (cheap, no torch) and loading (torch and transformers, lazily)."""
+"""Loading a model for extraction (torch and transformers, imported lazily): device and dtype, weights and tokenizer,
+its blocks, attention, MLP and unembedding located; GGUF conversion."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .attention import chunkable, register_attention
 from .catalog import DTYPES
-
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
-
-
-class ModelError(Exception):
-    """A model reference that cannot be resolved or loaded."""
-
-
-class ModelOutsideError(ModelError):
-    """A model path, written in a page, outside the folders that mkdocs.yml allows."""
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """Where a model lives: a local directory, a local .gguf file, or a hub repository at a revision."""
-
-    kind: str  # "local", "gguf" or "hub"
-    location: str  # absolute path, or hub repo id
-    revision: str | None = None
-    name: str = ""  # as the author wrote it (alias or reference)
-
-    def __str__(self) -> str:
-        return self.name or self.location
-
-
-def resolve(
-    reference: str, aliases: dict[str, str] | None = None, base_dir: str | Path = ".", allowed: list[Path] | None = None
-) -> ModelRef:
-    """Turn an alias, a path (relative to `base_dir`) or `owner/name[@revision]` into a `ModelRef`.
-
-    `allowed`: the folders that a path which is not an alias must lie in, symlinks resolved (None: anywhere).
-    """
-    aliases = aliases or {}
-    target = aliases.get(reference, reference)
-    path = Path(base_dir, os.path.expanduser(target))
-    local = path.is_file() if path.suffix == ".gguf" else path.is_dir()
-    if allowed is not None and reference not in aliases and local:
-        if not any(path.resolve().is_relative_to(Path(folder).resolve()) for folder in allowed):
-            raise ModelOutsideError(
-                f"model path '{reference}' is outside the project folder; "
-                "list its folder in the plugin option model_dirs to allow it"
-            )
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise ModelError(f"model file '{target}' not found")
-        return ModelRef("gguf", str(path.resolve()), name=reference)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelError(f"'{target}' is a directory but not a model (no config.json)")
-        return ModelRef("local", str(path.resolve()), name=reference)
-    repo, _, revision = target.partition("@")
-    if _HUB_ID.match(repo) and not target.startswith((".", "/")):
-        return ModelRef("hub", repo, revision or None, name=reference)
-    hint = " (not an alias in mkdocs.yml, not a local path, not a hub id)"
-    raise ModelError(f"unknown model '{reference}'{hint}")
-
-
-def fingerprint(ref: ModelRef, memo_file: Path | None = None) -> str:
-    """A string that changes whenever the model's weights, config or tokenizer change."""
-    if ref.kind == "hub":
-        return f"hub:{ref.location}@{_hub_commit(ref)}"
-    root = Path(ref.location)
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    memo = _read_memo(memo_file)
-    parts, hashed = [], False
-    for f in files:
-        stat = f.stat()
-        stamp = f"{f}|{stat.st_size}|{stat.st_mtime_ns}"
-        if stamp not in memo:
-            memo[stamp], hashed = _sha256(f), True
-        parts.append(f"{f.relative_to(root) if f != root else f.name}:{stat.st_size}:{memo[stamp]}")
-    if hashed:
-        _write_memo(memo_file, memo)
-    return f"{ref.kind}:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _read_memo(memo_file: Path | None) -> dict[str, str]:
-    try:
-        return json.loads(memo_file.read_text()) if memo_file else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_memo(memo_file: Path | None, memo: dict[str, str]) -> None:
-    if not memo_file:
-        return
-    try:
-        memo_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo, indent=0))
-        os.replace(tmp, memo_file)
-    except OSError:
-        pass  # the memo only saves time
-
-
-def _hub_commit(ref: ModelRef) -> str:
-    """The commit a hub revision points to: from the local Hugging Face cache, else (online) from the hub."""
-    revision = ref.revision or "main"
-    if _COMMIT.match(revision):
-        return revision
-    from huggingface_hub import constants
-
-    refs = Path(constants.HF_HUB_CACHE, "models--" + ref.location.replace("/", "--"), "refs", revision)
-    if refs.is_file():
-        return refs.read_text().strip()
-    if constants.HF_HUB_OFFLINE:
-        raise ModelError(f"hub model '{ref.location}@{revision}' is not in the local cache and HF_HUB_OFFLINE is set")
-    from huggingface_hub import HfApi
-
-    try:
-        return HfApi().model_info(ref.location, revision=revision).sha
-    except Exception as exc:  # network, auth, missing repo: all mean the same to the author
-        raise ModelError(f"hub model '{ref.location}@{revision}' cannot be resolved: {exc}") from None
-
-
-ATTENTION_CHUNK_BYTES = 64 << 20  # at most this much attention weights at once, [batch, heads, chunk, keys] float32
-ATTENTION_QUERY_CHUNK = 128  # and at most this many queries per chunk
-ATTENTION_OBSERVERS: dict[int, Any] = {}  # id(attention module) -> what receives its weights, chunk by chunk
+from .refs import ModelError, ModelRef, first_line
 
 
 @dataclass
@@ -305,7 +178,7 @@ def load(
     blocks, attentions = locate(model)
     mlps = locate_mlps(blocks, attentions)
     attention = model.config._attn_implementation or "eager"
-    if eager_attention and _chunkable(model, attentions):
+    if eager_attention and chunkable(model, attentions):
         try:
             model.set_attn_implementation("layerheat")
             attention = "layerheat"
@@ -317,10 +190,6 @@ def load(
 def _number(text):
     """A GPU index or a size in bytes, as accelerate wants them (int), from the config's text."""
     return int(text) if str(text).isdigit() else text
-
-
-def first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def locate(model: Any) -> tuple[list[Any], list[Any]]:
@@ -425,74 +294,6 @@ def locate_head(model: Any, blocks: list[Any]) -> tuple[list[Any], Any]:
         chain.append(step[0])
         current = step[1]
     raise ModelError(f"cannot find the path from the last block to the unembedding of {type(model).__name__}")
-
-
-def _chunkable(model: Any, attentions: list[Any]) -> bool:
-    """Whether every attention module goes through transformers' attention interface and has an eager function to call."""
-    if not getattr(model, "_supports_attention_backend", False) or not model._can_set_attn_implementation():
-        return False
-    return all(a is not None and _eager_function(a) is not None for a in attentions)
-
-
-def _eager_function(module: Any) -> Any:
-    import sys
-
-    return getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
-
-
-def register_attention() -> None:
-    """Register "layerheat" with transformers: the model's own eager attention, run on chunks of queries.
-
-    Each chunk's weights `[batch, heads, chunk, keys]` go to the observer registered for that module in
-    `ATTENTION_OBSERVERS` (if any) and are dropped: the full `[heads, T, T]` tensor never exists.
-    The mask is transformers' eager (additive float) mask, as for the eager implementation.
-    """
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
-    AttentionInterface.register("layerheat", _chunked_attention)
-    AttentionMaskInterface.register("layerheat", eager_mask)
-
-
-def _chunked_attention(module, query, key, value, attention_mask, *args, **kwargs):
-    import torch
-
-    eager = _eager_function(module)
-    observer = ATTENTION_OBSERVERS.get(id(module))
-    batch, heads, n_queries = query.shape[:3]
-    n_keys = key.shape[-2]
-    # small chunks even when memory allows more: they stay in the CPU's caches, and under a causal
-    # mask each chunk skips the keys after it (half the work on long texts)
-    chunk = max(1, min(ATTENTION_QUERY_CHUNK, ATTENTION_CHUNK_BYTES // max(1, batch * heads * n_keys * 4)))
-    if n_queries <= chunk:
-        out, weights = eager(module, query, key, value, attention_mask, *args, **kwargs)
-        if observer is not None:
-            observer.add(weights, 0, attention_mask)
-        return out, None
-    outs = []
-    for start in range(0, n_queries, chunk):
-        mask, end = attention_mask, n_keys
-        if mask is not None and mask.dim() == 4 and mask.shape[-2] == n_queries:
-            mask = mask[:, :, start : start + chunk]
-            end = _last_visible_key(mask) + 1  # keys that no query of the chunk can see weigh exactly 0
-            mask = mask[..., :end]
-        out, weights = eager(
-            module, query[:, :, start : start + chunk], key[:, :, :end], value[:, :, :end], mask, *args, **kwargs
-        )
-        if observer is not None:
-            observer.add(weights, start, mask)
-        del weights
-        outs.append(out)
-    return torch.cat(outs, dim=1), None
-
-
-def _last_visible_key(mask: Any) -> int:
-    """The last key column that some query row of an (additive or boolean) mask chunk may attend to."""
-    import torch
-
-    allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
-    columns = allowed.flatten(0, -2).any(dim=0).nonzero()
-    return int(columns[-1]) if len(columns) else mask.shape[-1] - 1
 
 
 def _matching(root: Any, spec: Any) -> list[tuple[str, Any]]:

@@ -14,16 +14,33 @@ from dataclasses import fields
 from typing import Any
 
 import numpy as np
-from jinja2 import BaseLoader, Environment, StrictUndefined, pass_context
+from jinja2 import BaseLoader, Environment, StrictUndefined
 
-from .analysis import MAX_RUNS, Findings
+from .analysis import MAX_RUNS
 from .catalog import METRICS, MetricRequest
 from .compare import IDENTICAL, Difference
 from .figure import OVERSHOOT
+from .findings import Findings
 from .heatmap import Heatmap
 from .joint import Link, links
 from .labels import display_labels
 from .phenomena import LENSES, SOURCES, TRACES, Phenomenon, reference, restored_output, sought
+from .wording import (
+    cells,
+    code,
+    decimals,
+    join,
+    layers,
+    model_name,
+    number,
+    percent,
+    scaled,
+    signed,
+    span,
+    spans,
+    times,
+    token_name,
+)
 
 NAMES = {"attention-sink": "Attention sinks", "massive-activation": "Massive activations",
          "edge-effect": "Edge effect", "prediction-converges": "Predictions settle", "late-drop": "Late drops",
@@ -35,134 +52,6 @@ TEMPLATE = "summary.md"
 COMPARE_TEMPLATE = "compare.md"
 PANELS_TEMPLATE = "panels.md"
 LETTERS = "abcdefgh"
-
-
-def number(value: float | None) -> str:
-    """A value as the summary states it: 2 significant figures ("0.48", "0.0031", "170", "25,000")."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    value = float(value)
-    if value == 0:
-        return "0"
-    magnitude = math.floor(math.log10(abs(value)))
-    if magnitude < -5:
-        return f"{value:.1e}"
-    rounded = round(value, 1 - magnitude)
-    if rounded and math.floor(math.log10(abs(rounded))) > magnitude:  # 0.0995 -> 0.10, 995 -> 1,000
-        magnitude += 1
-    if magnitude >= 1:
-        return f"{round(rounded, 1 - magnitude):,.0f}"
-    return f"{rounded:.{1 - magnitude}f}"
-
-
-def times(ratio: float) -> str:
-    """A ratio to a median: "180x"."""
-    return f"{number(ratio)}x"
-
-
-def decimals(span: float) -> int:
-    """Decimals that resolve about 2% of a scale of width `span` (2 for a 0-1 scale, 0 for thousands)."""
-    if not span > 0 or not math.isfinite(span):
-        return 2
-    return max(0, min(8, math.ceil(-math.log10(0.02 * span))))
-
-
-@pass_context
-def scaled(context, value: float | None) -> str:
-    """A value on the figure's scale (compare summaries: with the decimals that the differences need)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if context.get("decimals") is None:
-        return number(value)
-    text = f"{float(value):.{context['decimals']}f}"
-    return text[1:] if text.startswith("-") and not text.strip("-0.") else text
-
-
-def span(first_last) -> str:
-    """A (first, last) run of layers as a list of them names it: "12" or "12–26"."""
-    first, last = first_last
-    return str(first) if first == last else f"{first}–{last}"
-
-
-def spans(runs) -> str:
-    """Runs of layers as a text names them: "layer 5", "layers 4–10 and 13–30"."""
-    runs = list(runs)
-    word = "layer" if len(runs) == 1 and runs[0][0] == runs[0][1] else "layers"
-    return f"{word} {join([span(r) for r in runs])}"
-
-
-def model_name(ref: str) -> str:
-    """A model as a reader knows it: an alias or a hub id as written (without its revision), a folder's or a
-    GGUF file's name rather than its path."""
-    name = str(ref).split("@")[0].rstrip("/\\")
-    if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or name.lower().endswith(".gguf"):
-        name = re.split(r"[/\\]", name)[-1]
-        return name[:-5] if name.lower().endswith(".gguf") else name
-    return name
-
-
-@pass_context
-def cells(context, items: list[tuple[int, int]]) -> str:
-    """(token, layer) cells as the text names them, each token once: "`x` at layers 12 and 14, `y` at layer 3"."""
-    by_token: dict[int, list[int]] = {}
-    for token, layer in items:
-        by_token.setdefault(token, []).append(layer)
-    return join([f"{context['tok'](t)} at {'layer' if len(ls) == 1 else 'layers'} {join([str(x) for x in sorted(ls)])}"
-                 for t, ls in by_token.items()])
-
-
-def percent(share: float) -> str:
-    """A share as a whole percentage, never rounded to 0% or 100% unless it is exactly that."""
-    p = round(100 * share)
-    if 0 < share < 1:
-        p = min(99, max(1, p))
-    return f"{p}%"
-
-
-def code(text: Any) -> str:
-    """`text` as a Markdown code span that shows it verbatim, whatever backticks it contains."""
-    s = str(text).replace("\n", " ").replace("\r", " ") or " "
-    fence = "`" * (max((len(m) for m in re.findall(r"`+", s)), default=0) + 1)
-    pad = " " if s[0] in "` " or s[-1] in "` " else ""
-    return f"{fence}{pad}{s}{pad}{fence}"
-
-
-def token_name(f: Findings, index: int) -> str:
-    """A token as the text names it: its label, with its position when the label occurs twice."""
-    return code(f.labels[index]) + (f" (position {index})" if f.repeated(index) else "")
-
-
-def join(items: list[str], last: str = "and") -> str:
-    items = list(items)
-    if len(items) <= 2:
-        return f" {last} ".join(items)
-    return ", ".join(items[:-1]) + f" {last} " + items[-1]
-
-
-def layers(first: int, last: int, capital: bool = False) -> str:
-    """"layer 3" or "layers 3–7"."""
-    word = "Layer" if capital else "layer"
-    return f"{word} {first}" if first == last else f"{word}s {first}–{last}"
-
-
-@pass_context
-def signed(context, value: float) -> str:
-    """A difference with its sign, on the figure's scale: "+0.12", "−0.05"."""
-    text = scaled(context, abs(value))
-    return text if not text.strip("0.") else ("+" if value > 0 else "−") + text
-
-
-def markdown_to_html(text: str) -> str:
-    """The summary's Markdown as HTML, with raw HTML, autolinks, links and images disabled."""
-    import markdown
-
-    md = markdown.Markdown(output_format="html")
-    md.preprocessors.deregister("html_block")
-    for name in ("html", "autolink", "automail", "link", "image_link", "reference", "image_reference",
-                 "short_reference", "short_image_ref"):
-        if name in md.inlinePatterns:
-            md.inlinePatterns.deregister(name)
-    return md.convert(text)
 
 
 def _trace_context(heatmap: Heatmap, f: Findings) -> dict | None:
@@ -312,6 +201,40 @@ def _joint_interpretation(found: list[Link], tok) -> list[str]:
 METRIC_DEFAULTS = {f.name: f.default for f in fields(MetricRequest)}
 
 
+def _namers(f: Findings, lens_metric: bool) -> dict:
+    """How the summary names tokens: `tok`, `toks`, `some`, `group`, and `named_below` for a band's cells."""
+
+    def tok(index: int) -> str:
+        """A token as the text names it (`token_name`); under a lens metric, followed by the token its cells
+        are about ("`is` → `Paris`")."""
+        name = token_name(f, index)
+        if lens_metric and f.predicts and f.predicts[index] is not None:
+            name += f" → {code(f.predicts[index])}"
+        return name
+
+    def toks(indices: list[int]) -> str:
+        return join([tok(i) for i in indices])
+
+    def some(indices: list[int], n: int = 4, others: str = "other tokens") -> str:
+        """The first `n` tokens by name, the rest counted."""
+        if len(indices) <= n + 1:
+            return toks(indices)
+        return join([tok(i) for i in indices[:n]] + [f"{len(indices) - n} {others}"])
+
+    def group(indices: list[int]) -> str:
+        """Repeats of one piece: the label once, then their positions; different pieces: each by name."""
+        if len(indices) == 1 or len({f.labels[i] for i in indices}) > 1:
+            return toks(indices)
+        return f"{code(f.labels[indices[0]])} (positions {join([str(i) for i in indices])})"
+
+    def named_below(band) -> bool:
+        """Whether a cell that stands out in `band` is also a highlight named below (the band counts it)."""
+        shown = {(t.index, t.peak_layer) for t in f.shown}
+        return any(tuple(c) in shown for c in band.outlier_cells)
+
+    return {"tok": tok, "toks": toks, "some": some, "group": group, "named_below": named_below}
+
+
 class Narrative:
     """Renders `summary.md` from a template loader (the package's templates, or a user's overrides first)."""
 
@@ -335,34 +258,7 @@ class Narrative:
         scale_width = (f.clip["high"] - f.clip["low"]) if f.clip else (
             1.0 if shared and normalize != "none" else f.high - f.low)
 
-        def tok(index: int) -> str:
-            """A token as the text names it (`token_name`); under a lens metric, followed by the token its cells
-            are about ("`is` → `Paris`")."""
-            name = token_name(f, index)
-            if lens_metric and f.predicts and f.predicts[index] is not None:
-                name += f" → {code(f.predicts[index])}"
-            return name
-
-        def toks(indices: list[int]) -> str:
-            return join([tok(i) for i in indices])
-
-        def some(indices: list[int], n: int = 4, others: str = "other tokens") -> str:
-            """The first `n` tokens by name, the rest counted."""
-            if len(indices) <= n + 1:
-                return toks(indices)
-            return join([tok(i) for i in indices[:n]] + [f"{len(indices) - n} {others}"])
-
-        def group(indices: list[int]) -> str:
-            """Repeats of one piece: the label once, then their positions; different pieces: each by name."""
-            if len(indices) == 1 or len({f.labels[i] for i in indices}) > 1:
-                return toks(indices)
-            return f"{code(f.labels[indices[0]])} (positions {join([str(i) for i in indices])})"
-
-        def named_below(band) -> bool:
-            """Whether a cell that stands out in `band` is also a highlight named below (the band counts it)."""
-            shown = {(t.index, t.peak_layer) for t in f.shown}
-            return any(tuple(c) in shown for c in band.outlier_cells)
-
+        naming = _namers(f, lens_metric)
         observations = f.observations
         tr = _trace_context(heatmap, f)
         # a second lead sentence only for a phenomenon or an anomaly (the bands and peaks have their sections)
@@ -395,17 +291,13 @@ class Narrative:
             "delimiters": DELIMITERS,
             "whitespace": WHITESPACE,
             "pale": span < PALE * scale_width and (shared or bool(f.aside_cells) and not f.rescaled),
-            "interpretation": _interpretation(f, tok, (tr or {}).get("restore", "hidden"), beside),
+            "interpretation": _interpretation(f, naming["tok"], (tr or {}).get("restore", "hidden"), beside),
             "lead": lead,
             "low_below": f.scale_low + span / 3,
             "high_above": f.scale_low + 2 * span / 3,
             "max_runs": MAX_RUNS,
             "unusual": [a.indices for a in f.profile_anomalies if a.listed_run],  # said with the runs
-            "tok": tok,
-            "toks": toks,
-            "some": some,
-            "group": group,
-            "named_below": named_below,
+            **naming,
             "trace_metric": heatmap.metric in TRACES,
             "tr": tr,
             "all_nan": bool(np.isnan(f.low)) if isinstance(f.low, float) else False,

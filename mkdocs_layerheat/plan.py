@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .cache import Cache, cache_key
-from .models import ModelError, ModelOutsideError, ModelRef, fingerprint, first_line, resolve
+from .failures import Failure
+from .refs import ModelError, ModelOutsideError, ModelRef, fingerprint, first_line, resolve
 from .spec import HeatmapSpec
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class Outcome:
     are all rendered already never reads (nor imports numpy for) the values."""
 
     loaded: Heatmap | None = None
-    error: str | None = None
+    error: Failure | None = None
     computed: bool = False
     key: str | None = None  # the cache key of the values
     cache: Cache | None = field(default=None, repr=False, compare=False)
@@ -74,7 +75,7 @@ class Keys:
     keys: dict[HeatmapSpec, str]  # cache key of every spec whose model is known
     refs: dict[HeatmapSpec, ModelRef]  # where the model can be loaded from, when it is on this machine
     fingerprints: dict[ModelRef, str]
-    errors: dict[HeatmapSpec, str]
+    errors: dict[HeatmapSpec, Failure]
 
 
 def keys_for(specs: list[HeatmapSpec], settings: Settings) -> Keys:
@@ -96,7 +97,7 @@ def keys_for(specs: list[HeatmapSpec], settings: Settings) -> Keys:
             found.refs[spec], found.fingerprints[ref] = ref, by_target[target]
         except ModelError as exc:
             if target not in manifest or isinstance(exc, ModelOutsideError):
-                found.errors[spec] = str(exc)
+                found.errors[spec] = Failure(str(exc))
                 continue
             by_target.setdefault(target, manifest[target])
         found.keys[spec] = cache_key(by_target[target], spec.text, spec.metric, _key_options(spec, settings))
@@ -110,7 +111,7 @@ def run(specs: list[HeatmapSpec], settings: Settings, log=_log) -> dict[HeatmapS
     start = time.perf_counter()
     cache = Cache(settings.cache_dir)
     found = keys_for(specs, settings)
-    outcomes = {spec: Outcome(error=message) for spec, message in found.errors.items()}
+    outcomes = {spec: Outcome(error=failure) for spec, failure in found.errors.items()}
     misses: dict[ModelRef, list[HeatmapSpec]] = defaultdict(list)
     cached: dict[object, int] = defaultdict(int)  # per model (ref, or name when not on this machine)
     for spec, key in found.keys.items():
@@ -120,7 +121,8 @@ def run(specs: list[HeatmapSpec], settings: Settings, log=_log) -> dict[HeatmapS
         elif spec in found.refs:
             misses[found.refs[spec]].append(spec)
         else:
-            outcomes[spec] = Outcome(error=f"model '{spec.model}' is not on this machine and the cache has no entry")
+            absent = f"model '{spec.model}' is not on this machine and the cache has no entry"
+            outcomes[spec] = Outcome(error=Failure(absent))
     if misses:
         _tell("misses", sum(len(todo) for todo in misses.values()))
         remote = None
@@ -207,8 +209,9 @@ def _remote(misses: dict[ModelRef, list[HeatmapSpec]], found: Keys, settings: Se
     outcomes = {}
     for spec in (spec for todo in misses.values() for spec in todo):
         key = found.keys[spec]
-        failure = reply["results"].get(key, "the warm worker did not answer for it")
-        outcomes[spec] = Outcome(error=failure) if failure else Outcome(key=key, cache=cache, computed=key in computed)
+        failure = reply["results"].get(key, {"message": "the warm worker did not answer for it"})
+        outcomes[spec] = (Outcome(error=Failure.from_json(failure)) if failure
+                          else Outcome(key=key, cache=cache, computed=key in computed))
     return outcomes
 
 
@@ -240,7 +243,7 @@ def _answer(body: dict) -> dict:
     log.propagate, log.level = False, logging.DEBUG
     cache = Cache(settings.cache_dir)
     outcomes = compute_misses(misses, found, cache, settings, log, cached)
-    return {"status": "ok", "results": {found.keys[spec]: o.error for spec, o in outcomes.items()},
+    return {"status": "ok", "results": {found.keys[spec]: o.error and o.error.to_json() for spec, o in outcomes.items()},
             "computed": [found.keys[spec] for spec, o in outcomes.items() if o.computed],
             "log": handler.records, "problems": list(cache.problems)}
 
@@ -360,12 +363,12 @@ def _compute_model(ref, specs, found: Keys, cache: Cache, settings: Settings, ou
     except Exception as exc:  # also a device that does not exist, or one without room for the model
         log.debug(f"loading {ref} failed", exc_info=True)
         if _out_of_memory(exc):
-            message = (f"out of memory loading model '{ref}' on device '{settings.device}': choose dtype: bfloat16, "
-                       "another device, or device_map: auto in mkdocs.yml")
+            failure = Failure(f"out of memory loading model '{ref}' on device '{settings.device}'",
+                              "choose dtype: bfloat16, another device, or device_map: auto in mkdocs.yml")
         else:
-            message = str(exc) if isinstance(exc, ModelError) else f"cannot load model '{ref}': {first_line(exc)}"
+            failure = Failure(str(exc) if isinstance(exc, ModelError) else f"cannot load model '{ref}': {first_line(exc)}")
         for spec in pending:
-            outcomes[spec] = Outcome(error=message)
+            outcomes[spec] = Outcome(error=failure)
         return
     loaded_at = time.perf_counter()
     results, shared = _extract(loaded, pending, settings, log)
@@ -374,7 +377,7 @@ def _compute_model(ref, specs, found: Keys, cache: Cache, settings: Settings, ou
         for text in dict.fromkeys(spec.text for spec in shared):
             results.update(_extract(loaded, [spec for spec in shared if spec.text == text], settings, log)[0])
     for spec, result in results.items():
-        if isinstance(result, str):
+        if isinstance(result, Failure):
             outcomes[spec] = Outcome(error=result)
             continue
         outcomes[spec] = Outcome(result, computed=True, key=found.keys[spec])
@@ -384,7 +387,7 @@ def _compute_model(ref, specs, found: Keys, cache: Cache, settings: Settings, ou
             log.warning(f"cannot write to the cache {cache.directory} ({exc.strerror}); computing without caching")
             cache.writable = False
     done = time.perf_counter()
-    failed = sum(isinstance(result, str) for result in results.values())
+    failed = sum(isinstance(result, Failure) for result in results.values())
     log.info(
         f"model {ref}: {len(pending) + cached} heatmaps, {cached} cached, {len(pending) - failed} computed"
         + (f", {failed} failed" if failed else "")
@@ -407,7 +410,7 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 
 def _extract(loaded, specs: list[HeatmapSpec], settings: Settings, log) -> tuple[dict, list[HeatmapSpec]]:
-    """A `Heatmap` or an error message per spec, never an exception; and the specs whose whole batch failed
+    """A `Heatmap` or a `Failure` per spec, never an exception; and the specs whose whole batch failed
     (one error shared by several texts), which may succeed on their own."""
     from .extract import ExtractionError, extract_specs
 
@@ -425,12 +428,12 @@ def _extract(loaded, specs: list[HeatmapSpec], settings: Settings, log) -> tuple
         if not isinstance(result, Exception):
             continue
         if _out_of_memory(result):
-            results[spec] = (
-                f"out of memory running this text on device '{settings.device}': shorten the text, lower max_tokens "
-                f"(now {spec.max_tokens}), or choose another device (or device_map: auto) in mkdocs.yml"
-            )
+            results[spec] = Failure(
+                f"out of memory running this text on device '{settings.device}'",
+                f"shorten the text, lower max_tokens (now {spec.max_tokens}), or choose another device "
+                "(or device_map: auto) in mkdocs.yml")
         elif isinstance(result, ExtractionError):
-            results[spec] = str(result)
+            results[spec] = Failure(str(result))
         else:
-            results[spec] = f"extraction failed: {type(result).__name__}: {first_line(result)}"
+            results[spec] = Failure(f"extraction failed: {type(result).__name__}: {first_line(result)}")
     return results, shared

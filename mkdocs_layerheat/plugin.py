@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import uuid
@@ -15,13 +14,13 @@ from mkdocs.structure.files import File, Files
 from mkdocs.utils import get_relative_url
 
 from . import plan, worker
+from .cache import place
 from .catalog import DTYPES
 from .directives import Block, find_blocks, replace_blocks
-from .figures import Figures, settings
+from .figures import ASSET_DIR, STATIC_DIR, Figures, data_path, settings
 from .render import Renderer, assets
 
 log = get_plugin_logger("layerheat")
-ASSET_DIR = "assets/layerheat"
 
 
 class LayerheatConfig(base.Config):
@@ -56,20 +55,6 @@ class LayerheatConfig(base.Config):
     templates = c.Optional(c.Dir(exists=True))
     """A folder of Jinja2 templates overriding the plugin's own (`heatmap.html`, `summary.md`, `summary.html`,
     `compare.md`, `compare.html`, `panels.md`, `panels.html`, `sides.html`, `error.html`, `placeholder.html`)."""
-
-
-def _export(outcome: plan.Outcome, suffix: str) -> str | None:
-    """The raw matrix of a figure as CSV or JSON, for its download links (None if it cannot be read)."""
-    from .render import data_csv
-
-    heatmap = outcome.heatmap
-    if heatmap is None:
-        return None
-    return data_csv(heatmap) if suffix == ".csv" else heatmap.to_json()
-
-
-def _data_uri(key: str) -> str:
-    return f"{ASSET_DIR}/data/{key[:16]}"
 
 
 class LayerheatPlugin(BasePlugin[LayerheatConfig]):
@@ -110,14 +95,6 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
                 files.remove(files.get_file_from_path(f"{ASSET_DIR}/{name}"))
             files.append(File.generated(config, f"{ASSET_DIR}/{name}", content=content))
         self.stage.plan(file.content_string for file in files.documentation_pages())
-        exported = {o.key: o for o in self.stage.outcomes.values() if o.error is None}
-        for key, outcome in exported.items():  # the "data" links of the figures, made once per entry
-            for suffix in (".csv", ".json"):
-                content = functools.partial(_export, outcome, suffix)
-                path = self.stage.cache.export(key, suffix, content)
-                source = {"abs_src_path": str(path)} if path else {"content": content()}
-                if path or source["content"] is not None:
-                    files.append(File.generated(config, _data_uri(key) + suffix, **source))
         return files
 
     def on_page_markdown(self, markdown: str, page, config, files) -> str:
@@ -130,8 +107,8 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
         def figure(block: Block) -> str:
             placeholder = f"LAYERHEAT{self.nonce}X{len(self.figures)}X"
             self.figures[placeholder] = self.stage.html(
-                block, page_path, numbers[block.line], lambda key: get_relative_url(_data_uri(key), page.url),
-                lambda name: get_relative_url(f"{ASSET_DIR}/figures/{name}", page.url))
+                block, page_path, numbers[block.line], lambda key: get_relative_url(data_path(key), page.url),
+                lambda name: get_relative_url(f"{STATIC_DIR}/{name}", page.url))
             return placeholder
 
         return replace_blocks(markdown, blocks, figure)
@@ -144,9 +121,6 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
         return pattern.sub(lambda m: self.figures.pop(m.group(1) or m.group(2), m.group(0)), html)
 
     def on_post_build(self, config) -> None:
-        """The static SVG of every figure drawn, next to the assets (`static.html` links them)."""
-        folder = Path(config.site_dir) / ASSET_DIR / "figures"
-        if self.stage.statics:
-            folder.mkdir(parents=True, exist_ok=True)
-        for name, svg in self.stage.statics.items():
-            (folder / name).write_text(svg, encoding="utf-8")
+        """The figures' data downloads and static SVGs, linked from the cache into the site."""
+        for path, source in self.stage.site_files():
+            place(source, Path(config.site_dir) / path)

@@ -19,9 +19,9 @@ from .labels import bytes_text
 if TYPE_CHECKING:  # numpy is imported only when a figure is drawn: a warm build never needs it
     import numpy as np
 
-    from .analysis import Findings
     from .compare import Difference
     from .figure import Figure
+    from .findings import Findings
     from .heatmap import Heatmap
 
 
@@ -97,7 +97,7 @@ class Renderer:
     def summary(self, heatmap: Heatmap, findings: Findings, normalize: str, raw_known: bool = True,
                 shared: bool = False, beside: tuple[str, ...] = ()) -> str:
         """The written summary as HTML: the Markdown of `summary.md`, converted, inside `summary.html`."""
-        from .narrative import markdown_to_html
+        from .wording import markdown_to_html
 
         text = self.narrative.markdown(heatmap, findings, normalize, raw_known, shared, beside)
         metric = METRICS.get(heatmap.metric)
@@ -136,7 +136,7 @@ class Renderer:
 
         from . import figure
         from .heatmap import Heatmap, robust_range
-        from .narrative import markdown_to_html
+        from .wording import markdown_to_html
 
         (a, va, labels_a, _, _), (b, vb, labels_b, _, _) = sides
         titles = [f"(a) {names[0]}", f"(b) {names[1]}", "(c) difference, b − a"]
@@ -164,7 +164,7 @@ class Renderer:
         """A block of several metrics: one panel per metric on one token axis, the summary that reads them
         together, and each panel's own summary."""
         from . import figure
-        from .narrative import markdown_to_html
+        from .wording import markdown_to_html
 
         titles = [f"({letter}) {figure.label(h.metric)}" for letter, (h, *_) in zip("abcdefgh", sides)]
         clips = [(f.clip["low"], f.clip["high"]) if f.clip else None for _, _, _, f, _ in sides]

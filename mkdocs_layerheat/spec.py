@@ -278,8 +278,43 @@ def _from_data(data: dict, lines: dict[str, int], docs_dir: str | Path | None) -
     )
 
 
+class _Values:
+    """Typed reads of a block's keys, each error naming the key's line."""
+
+    def __init__(self, data: dict, lines: dict[str, int]):
+        self.data, self.lines = data, lines
+
+    def flag(self, key: str) -> bool:
+        value = self.data.get(key, False)
+        if not isinstance(value, bool):
+            raise SpecError(f"'{key}' must be true or false", self.lines.get(key))
+        return value
+
+    def integer(self, key: str, minimum: int | None = None) -> int | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+            kind = "an integer" if minimum is None else ("a positive integer" if minimum > 0 else "a non-negative integer")
+            raise SpecError(f"'{key}' must be {kind}", self.lines.get(key))
+        return value
+
+    def text(self, key: str, what: str) -> str:
+        value = self.data[key]
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool) or str(value) == "":
+            raise SpecError(f"'{key}' must be a non-empty string ({what})", self.lines.get(key))
+        return str(value)
+
+    def number(self, key: str) -> float:
+        value = self.data[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise SpecError(f"'{key}' must be a positive number", self.lines.get(key))
+        return float(value)
+
+
 def _metric_options(data: dict, lines: dict[str, int], metric: str) -> dict[str, Any]:
-    """query, target, heads, aggregate, layers, embeddings, chat and generate: validated against the metric."""
+    """query, target, heads, aggregate, layers, embeddings, chat and generate (and an intervention's own):
+    validated against the metric."""
     info = METRICS[metric]
     for key in ("query", "target", "heads", "aggregate", *sorted(INTERVENTION_OPTIONS)):
         if key in data and key not in info.options:
@@ -287,65 +322,13 @@ def _metric_options(data: dict, lines: dict[str, int], metric: str) -> dict[str,
             raise SpecError(
                 f"'{key}' does not apply to metric '{metric}' (it applies to: {', '.join(users)})", lines.get(key)
             )
+    read = _Values(data, lines)
     out: dict[str, Any] = {}
-
-    def flag(key: str) -> bool:
-        value = data.get(key, False)
-        if not isinstance(value, bool):
-            raise SpecError(f"'{key}' must be true or false", lines.get(key))
-        return value
-
-    def integer(key: str, minimum: int | None = None) -> int | None:
-        value = data.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-            kind = "an integer" if minimum is None else ("a positive integer" if minimum > 0 else "a non-negative integer")
-            raise SpecError(f"'{key}' must be {kind}", lines.get(key))
-        return value
-
     if "query" in data:
-        out["query"] = integer("query")
-    def text(key: str, what: str) -> str:
-        value = data[key]
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool) or str(value) == "":
-            raise SpecError(f"'{key}' must be a non-empty string ({what})", lines.get(key))
-        return str(value)
-
-    def number(key: str) -> float:
-        value = data[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-            raise SpecError(f"'{key}' must be a positive number", lines.get(key))
-        return float(value)
-
+        out["query"] = read.integer("query")
     if "target" in data:
-        out["target"] = text("target", 'one token, e.g. " Paris"')
-    for key, what in (("subject", "a part of the text, e.g. The Eiffel Tower"), ("answer", 'one token, e.g. " Paris"'),
-                      ("corrupt", "a second text of the same token length")):
-        if key in data:
-            out[key] = text(key, what)
-    for key in ("samples", "window"):
-        if key in data:
-            out[key] = integer(key, minimum=1)
-    if "seed" in data:
-        out["seed"] = integer("seed", minimum=0)
-    if "noise" in data:
-        out["noise"] = number("noise")
-    if "restore" in data:
-        if data["restore"] not in RESTORES:
-            raise SpecError(f"unknown restore {data['restore']!r}{_did_you_mean(data['restore'], RESTORES)} "
-                            f"(one of: {', '.join(RESTORES)})", lines.get("restore"))
-        out["restore"] = data["restore"]
-    if "window" in out and out.get("restore", "hidden") == "hidden":
-        raise SpecError("'window' applies to 'restore: mlp' or 'restore: attn' (a block's output is restored alone)",
-                        lines.get("window"))
-    if metric == "causal-trace" and "subject" not in out:
-        raise SpecError("metric 'causal-trace' needs 'subject': the part of the text whose tokens are corrupted")
-    if metric == "activation-patching" and "corrupt" not in out:
-        raise SpecError("metric 'activation-patching' needs 'corrupt': a second text of the same token length")
-    if info.site == "intervention" and data.get("generate"):
-        raise SpecError(f"'generate' does not apply to metric '{metric}': it reads the text's own last token",
-                        lines.get("generate"))
+        out["target"] = read.text("target", 'one token, e.g. " Paris"')
+    out.update(_intervention_options(read, metric))
     if "heads" in data:
         out["heads"] = _numbers(data["heads"], "heads", lines.get("heads"), minimum=0)
     if "aggregate" in data:
@@ -358,7 +341,7 @@ def _metric_options(data: dict, lines: dict[str, int], metric: str) -> dict[str,
         out["aggregate"] = aggregate
     if "layers" in data:
         out["layers"] = _numbers(data["layers"], "layers", lines.get("layers"), minimum=1)
-    if flag("embeddings"):
+    if read.flag("embeddings"):
         if not info.embeddings:
             users = [m.name for m in METRICS.values() if m.embeddings]
             raise SpecError(
@@ -366,8 +349,40 @@ def _metric_options(data: dict, lines: dict[str, int], metric: str) -> dict[str,
                 lines.get("embeddings"),
             )
         out["embeddings"] = True
-    out["chat"] = flag("chat")
-    out["generate"] = integer("generate", minimum=0) or 0
+    out["chat"] = read.flag("chat")
+    out["generate"] = read.integer("generate", minimum=0) or 0
+    return out
+
+
+def _intervention_options(read: _Values, metric: str) -> dict[str, Any]:
+    """A causal trace's or an activation patching's options (`INTERVENTION_OPTIONS`), and what each needs."""
+    data, lines, out = read.data, read.lines, {}
+    for key, what in (("subject", "a part of the text, e.g. The Eiffel Tower"), ("answer", 'one token, e.g. " Paris"'),
+                      ("corrupt", "a second text of the same token length")):
+        if key in data:
+            out[key] = read.text(key, what)
+    for key in ("samples", "window"):
+        if key in data:
+            out[key] = read.integer(key, minimum=1)
+    if "seed" in data:
+        out["seed"] = read.integer("seed", minimum=0)
+    if "noise" in data:
+        out["noise"] = read.number("noise")
+    if "restore" in data:
+        if data["restore"] not in RESTORES:
+            raise SpecError(f"unknown restore {data['restore']!r}{_did_you_mean(data['restore'], RESTORES)} "
+                            f"(one of: {', '.join(RESTORES)})", lines.get("restore"))
+        out["restore"] = data["restore"]
+    if "window" in out and out.get("restore", "hidden") == "hidden":
+        raise SpecError("'window' applies to 'restore: mlp' or 'restore: attn' (a block's output is restored alone)",
+                        lines.get("window"))
+    if metric == "causal-trace" and "subject" not in out:
+        raise SpecError("metric 'causal-trace' needs 'subject': the part of the text whose tokens are corrupted")
+    if metric == "activation-patching" and "corrupt" not in out:
+        raise SpecError("metric 'activation-patching' needs 'corrupt': a second text of the same token length")
+    if METRICS[metric].site == "intervention" and data.get("generate"):
+        raise SpecError(f"'generate' does not apply to metric '{metric}': it reads the text's own last token",
+                        lines.get("generate"))
     return out
 
 

@@ -1,4 +1,4 @@
-"""Tiny, randomly initialised models built locally (no hub, no network), saved where `models.resolve` finds them.
+"""Tiny, randomly initialised models built locally (no hub, no network), saved where `refs.resolve` finds them.
 
 Three architectures cover the cases the package distinguishes:
 
@@ -248,9 +248,9 @@ def tiny_model(request, tiny_models) -> TinyModel:
 @pytest.fixture(scope="session")
 def loaded_models(tiny_models):
     """`models.load` of each tiny model, loaded once per session (the package's code path)."""
-    from mkdocs_layerheat import models
+    from mkdocs_layerheat import models, refs
 
-    return {arch: models.load(models.resolve(str(m.path))) for arch, m in tiny_models.items()}
+    return {arch: models.load(refs.resolve(str(m.path))) for arch, m in tiny_models.items()}
 
 
 @pytest.fixture(scope="session")
@@ -335,9 +335,24 @@ def _no_warm_worker(monkeypatch):
 @pytest.fixture(scope="session")
 def demo_model():
     """The demo model (SmolLM2-135M-Instruct), loaded once for every test that reads it."""
-    from mkdocs_layerheat import models
+    from mkdocs_layerheat import models, refs
 
     demo = Path(__file__).resolve().parent.parent / ".models" / "SmolLM2-135M-Instruct"
     if not (demo / "config.json").is_file():
         pytest.fail(f"the demo model is missing at {demo}: run `make model` (make test does)")
-    return models.load(models.resolve(str(demo)))
+    return models.load(refs.resolve(str(demo)))
+
+
+@pytest.fixture
+def one_page(tmp_path, llama_model):
+    """A page rendered in-process by a bare `markdown.Markdown` with the extension, as markdown-exec's tests do:
+    `one_page(text, **options) -> html`, the tiny Llama as `tiny`, the page named `docs/index.md`."""
+    import markdown
+
+    def render(text: str, *extensions: str, **options) -> str:
+        config = {"models": {"tiny": str(llama_model.path)}, "base_dir": str(tmp_path), "page": "docs/index.md",
+                  **options}
+        md = markdown.Markdown(extensions=[*extensions, "layerheat"], extension_configs={"layerheat": config})
+        return md.convert(text)
+
+    return render

@@ -18,8 +18,8 @@ from planted import planted, recovered_bands
 
 from mkdocs_layerheat.analysis import KINDS, analyze
 from mkdocs_layerheat.heatmap import Heatmap
-from mkdocs_layerheat.narrative import code, markdown_to_html
 from mkdocs_layerheat.render import Renderer
+from mkdocs_layerheat.wording import code, markdown_to_html
 
 RENDERER = Renderer()
 

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import markdown
 import pytest
 from click.testing import CliRunner
 
@@ -115,17 +114,13 @@ def test_zensical_warns_when_the_site_lacks_bokehjs(llama_model, tmp_path):
     assert "bokeh.min.js is missing: run `layerheat assets" in result.stderr
 
 
-def test_a_bare_markdown_renders_a_page_in_process(llama_model, tmp_path):
-    md = markdown.Markdown(extensions=["admonition", "layerheat"], extension_configs={"layerheat": {
-        "models": {"tiny": str(llama_model.path)}, "base_dir": str(tmp_path), "page": "docs/index.md"}})
-    html = md.convert(PAGE)
+def test_a_bare_markdown_renders_a_page_in_process(one_page):
+    html = one_page(PAGE, "admonition")
     assert html.count('class="layerheat-item"') == 2 and html.count("layerheat-error") == 1
     assert "<code>docs/index.md:23</code>" in html
     assert "<p><figure" not in html and "<p>\x02" not in html  # each figure stands as a block of its own
-    md = markdown.Markdown(extensions=["layerheat"], extension_configs={"layerheat": {
-        "models": {"tiny": str(llama_model.path)}, "base_dir": str(tmp_path), "strict": True, "page": "p.md"}})
     with pytest.raises(StrictError, match="p.md:6: unknown metric 'atention'"):
-        md.convert("x\n\n```layerheat\nmodel: tiny\ntext: hi\nmetric: atention\n```\n")
+        one_page("x\n\n```layerheat\nmodel: tiny\ntext: hi\nmetric: atention\n```\n", strict=True, page="p.md")
 
 
 def test_assets_command_writes_the_files_and_the_configuration_to_add(tmp_path):

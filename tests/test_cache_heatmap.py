@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mkdocs_layerheat import cache as cache_module
-from mkdocs_layerheat import models
+from mkdocs_layerheat import refs
 from mkdocs_layerheat.cache import Cache, cache_key
 from mkdocs_layerheat.heatmap import NORMALIZATIONS, Heatmap
 
@@ -313,13 +313,13 @@ def model_dir(tmp_path):
 
 
 def test_fingerprint_of_local_dir(model_dir):
-    ref = models.resolve(str(model_dir))
-    first = models.fingerprint(ref)
+    ref = refs.resolve(str(model_dir))
+    first = refs.fingerprint(ref)
     assert first.startswith("local:")
-    assert models.fingerprint(ref) == first
+    assert refs.fingerprint(ref) == first
     # content-addressed: the same files elsewhere give the same fingerprint
     copy = shutil.copytree(model_dir, model_dir.parent / "elsewhere")
-    assert models.fingerprint(models.resolve(str(copy))) == first
+    assert refs.fingerprint(refs.resolve(str(copy))) == first
 
 
 def _touch_later(path, content: bytes):
@@ -331,42 +331,42 @@ def _touch_later(path, content: bytes):
 @pytest.mark.parametrize("use_memo", [False, True])
 def test_fingerprint_changes_when_a_file_changes(model_dir, tmp_path, use_memo):
     memo = tmp_path / "memo" / "fingerprints.json" if use_memo else None
-    ref = models.resolve(str(model_dir))
-    seen = {models.fingerprint(ref, memo)}
+    ref = refs.resolve(str(model_dir))
+    seen = {refs.fingerprint(ref, memo)}
 
     weights = model_dir / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[100] ^= 0xFF  # same size, different content
     _touch_later(weights, bytes(data))
-    seen.add(models.fingerprint(ref, memo))
+    seen.add(refs.fingerprint(ref, memo))
     assert len(seen) == 2
 
     _touch_later(model_dir / "config.json", b'{"model_type": "llama", "x": 1}')
-    seen.add(models.fingerprint(ref, memo))
+    seen.add(refs.fingerprint(ref, memo))
     assert len(seen) == 3
 
     (model_dir / "sub").mkdir()
     (model_dir / "sub" / "extra.bin").write_bytes(b"new file")
-    seen.add(models.fingerprint(ref, memo))
+    seen.add(refs.fingerprint(ref, memo))
     assert len(seen) == 4
 
     (model_dir / "sub" / "extra.bin").rename(model_dir / "sub" / "renamed.bin")
-    seen.add(models.fingerprint(ref, memo))
+    seen.add(refs.fingerprint(ref, memo))
     assert len(seen) == 5
 
 
 def test_fingerprint_ignores_hidden_files(model_dir):
-    ref = models.resolve(str(model_dir))
-    before = models.fingerprint(ref)
+    ref = refs.resolve(str(model_dir))
+    before = refs.fingerprint(ref)
     (model_dir / ".DS_Store").write_bytes(b"junk")
-    assert models.fingerprint(ref) == before
+    assert refs.fingerprint(ref) == before
 
 
 def test_fingerprint_memo_file_is_used(model_dir, tmp_path, monkeypatch):
     memo = tmp_path / "cache" / "fingerprints.json"
-    ref = models.resolve(str(model_dir))
-    without = models.fingerprint(ref)
-    with_memo = models.fingerprint(ref, memo)
+    ref = refs.resolve(str(model_dir))
+    without = refs.fingerprint(ref)
+    with_memo = refs.fingerprint(ref, memo)
     assert with_memo == without
 
     # the memo records each file's SHA-256 under its path, size and mtime
@@ -377,53 +377,53 @@ def test_fingerprint_memo_file_is_used(model_dir, tmp_path, monkeypatch):
 
     # a second call hashes nothing
     calls = []
-    real = models._sha256
-    monkeypatch.setattr(models, "_sha256", lambda path: calls.append(path) or real(path))
-    assert models.fingerprint(ref, memo) == with_memo
+    real = refs._sha256
+    monkeypatch.setattr(refs, "_sha256", lambda path: calls.append(path) or real(path))
+    assert refs.fingerprint(ref, memo) == with_memo
     assert calls == []
 
     # and what it returns comes from the memo: a doctored memo changes the fingerprint
     memo.write_text(json.dumps({stamp: "0" * 64 for stamp in recorded}))
-    assert models.fingerprint(ref, memo) != with_memo
+    assert refs.fingerprint(ref, memo) != with_memo
     assert calls == []
 
     # a file whose mtime changed is hashed again
     weights = model_dir / "model.safetensors"
     _touch_later(weights, weights.read_bytes())
-    models.fingerprint(ref, memo)
+    refs.fingerprint(ref, memo)
     assert [p.name for p in calls] == ["model.safetensors"]
 
 
 def test_fingerprint_with_a_broken_memo_file(model_dir, tmp_path):
     memo = tmp_path / "fingerprints.json"
     memo.write_text("{not json")
-    ref = models.resolve(str(model_dir))
-    assert models.fingerprint(ref, memo) == models.fingerprint(ref)
+    ref = refs.resolve(str(model_dir))
+    assert refs.fingerprint(ref, memo) == refs.fingerprint(ref)
     json.loads(memo.read_text())  # rewritten
 
 
 def test_fingerprint_of_gguf_file(tmp_path):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF" + b"\x00" * 64)
-    ref = models.resolve("m.gguf", base_dir=tmp_path)
+    ref = refs.resolve("m.gguf", base_dir=tmp_path)
     assert (ref.kind, ref.location) == ("gguf", str(gguf.resolve()))
-    first = models.fingerprint(ref)
+    first = refs.fingerprint(ref)
     assert first.startswith("gguf:")
     _touch_later(gguf, b"GGUF" + b"\x01" * 64)
-    assert models.fingerprint(ref) != first
+    assert refs.fingerprint(ref) != first
 
 
 def test_fingerprint_of_hub_model_offline(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     commit = "0123456789abcdef0123456789abcdef01234567"
-    assert models.fingerprint(models.resolve(f"owner/name@{commit}")) == f"hub:owner/name@{commit}"
+    assert refs.fingerprint(refs.resolve(f"owner/name@{commit}")) == f"hub:owner/name@{commit}"
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    refs = tmp_path / "models--owner--name" / "refs"
-    refs.mkdir(parents=True)
-    (refs / "main").write_text(commit + "\n")
-    assert models.fingerprint(models.resolve("owner/name")) == f"hub:owner/name@{commit}"
-    with pytest.raises(models.ModelError, match="not in the local cache"):
-        models.fingerprint(models.resolve("owner/other"))
+    pointers = tmp_path / "models--owner--name" / "refs"
+    pointers.mkdir(parents=True)
+    (pointers / "main").write_text(commit + "\n")
+    assert refs.fingerprint(refs.resolve("owner/name")) == f"hub:owner/name@{commit}"
+    with pytest.raises(refs.ModelError, match="not in the local cache"):
+        refs.fingerprint(refs.resolve("owner/other"))

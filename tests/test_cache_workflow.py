@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from sites import LAYERHEAT, make_site, mkdocs, run
 
 from mkdocs_layerheat import models, plan
 from mkdocs_layerheat.spec import parse_spec
 
-LAYERHEAT = str(Path(sys.executable).parent / "layerheat")
 PAGE = """\
 # Page
 
@@ -30,27 +28,15 @@ metric: hidden-norm
 """
 
 
-def make_site(root: Path, model_path: Path) -> Path:
-    (root / "docs").mkdir(parents=True)
-    (root / "docs" / "index.md").write_text(PAGE)
-    (root / "mkdocs.yml").write_text(f"site_name: t\nplugins:\n  - layerheat:\n      models: {{tiny: '{model_path}'}}\n")
-    return root
-
-
-def run(root: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    environment = {"PATH": "/usr/bin:/bin", "NO_MKDOCS_2_WARNING": "1", **(env or {})}
-    return subprocess.run(list(args), capture_output=True, text=True, cwd=root, env=environment)
-
-
-def mkdocs(root: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return run(root, sys.executable, "-m", "mkdocs", "build", *args, env=env)
+def site_of(root: Path, model_path: Path) -> Path:
+    return make_site(root, {"index.md": PAGE}, {"tiny": model_path})
 
 
 @pytest.fixture
 def site(tmp_path, llama_model) -> Path:
     model = tmp_path / "model"
     shutil.copytree(llama_model.path, model)
-    return make_site(tmp_path / "site", model)
+    return site_of(tmp_path / "site", model)
 
 
 def test_precompute_then_build_is_fully_cached(site):

@@ -6,13 +6,12 @@ from __future__ import annotations
 import html
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from figuredata import payloads, raw, shown
+from sites import make_site, mkdocs
 
 from mkdocs_layerheat.compare import IDENTICAL, difference, shared_scale, side_names
 from mkdocs_layerheat.heatmap import Heatmap
@@ -248,14 +247,9 @@ compare:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, llama_model, other_llama):
-    root = tmp_path_factory.mktemp("compare-site")
-    (root / "docs").mkdir()
-    (root / "docs" / "index.md").write_text(PAGE)
-    (root / "mkdocs.yml").write_text(
-        f"site_name: t\nplugins:\n  - layerheat:\n      models: {{base: '{llama_model.path}', other: '{other_llama}'}}\n"
-    )
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build"], cwd=root, capture_output=True, text=True,
-                            env={"PATH": "/usr/bin:/bin", "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1"})
+    root = make_site(tmp_path_factory.mktemp("compare-site"), {"index.md": PAGE},
+                     {"base": llama_model.path, "other": other_llama})
+    result = mkdocs(root)
     assert result.returncode == 0, result.stderr
     return root, result, (root / "site" / "index.html").read_text()
 

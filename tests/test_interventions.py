@@ -11,7 +11,7 @@ import trace_reference as ref
 from samples import MORE_ARCHS
 from transformers import AutoModelForCausalLM
 
-from mkdocs_layerheat import models
+from mkdocs_layerheat import models, refs
 from mkdocs_layerheat.catalog import MetricRequest
 from mkdocs_layerheat.extract import ExtractionError, extract
 
@@ -25,7 +25,7 @@ def doubles(tiny_models, more_models):
     """Per architecture: the package's LoadedModel and the plain reference model, both in float64."""
     out = {}
     for arch, tiny in {**{a: tiny_models[a] for a in ("llama", "gpt2")}, **more_models}.items():
-        loaded = models.load(models.resolve(str(tiny.path)))
+        loaded = models.load(refs.resolve(str(tiny.path)))
         loaded.model.to(torch.float64)
         plain = AutoModelForCausalLM.from_pretrained(tiny.path, attn_implementation="eager", dtype=torch.float64)
         out[arch] = (loaded, plain.eval())

@@ -15,7 +15,8 @@ import torch
 from samples import MORE_ARCHS, SAMPLE_TEXT
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mkdocs_layerheat import models
+from mkdocs_layerheat import attention as chunked
+from mkdocs_layerheat import models, refs
 from mkdocs_layerheat.catalog import ONE_PASS, MetricRequest
 from mkdocs_layerheat.extract import (
     ExtractionError,
@@ -295,7 +296,7 @@ def test_max_tokens(tiny_model, loaded):
 
 
 def test_attention_needs_eager_attention(llama_model, reference_models):
-    loaded = models.load(models.resolve(str(llama_model.path)), eager_attention=False)
+    loaded = models.load(refs.resolve(str(llama_model.path)), eager_attention=False)
     with pytest.raises(ExtractionError, match="eager"):
         extract(loaded, SAMPLE_TEXT, ["attention"])
     # hidden-norm does not need the attention weights
@@ -305,13 +306,13 @@ def test_attention_needs_eager_attention(llama_model, reference_models):
 
 
 def test_resolve_local_model_dir(tiny_model, tmp_path):
-    ref = models.resolve(str(tiny_model.path))
+    ref = refs.resolve(str(tiny_model.path))
     assert (ref.kind, ref.location) == ("local", str(tiny_model.path.resolve()))
-    alias = models.resolve("tiny", {"tiny": tiny_model.path.name}, base_dir=tiny_model.path.parent)
+    alias = refs.resolve("tiny", {"tiny": tiny_model.path.name}, base_dir=tiny_model.path.parent)
     assert (alias.kind, alias.location, str(alias)) == ("local", str(tiny_model.path.resolve()), "tiny")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(models.ModelError, match="no config.json"):
-        models.resolve(str(tmp_path / "empty"))
+    with pytest.raises(refs.ModelError, match="no config.json"):
+        refs.resolve(str(tmp_path / "empty"))
 
 
 # --------------------------------------------------------------------------- update and attention-entropy
@@ -521,7 +522,7 @@ def test_sublayer_norms_match_reference(tiny_model, loaded, reference_model):
 
 def test_sublayer_norms_need_no_attention_weights(llama_model, reference_models):
     """attn-norm works with SDPA: it needs the attention's output, not its weights."""
-    loaded = models.load(models.resolve(str(llama_model.path)), eager_attention=False)
+    loaded = models.load(refs.resolve(str(llama_model.path)), eager_attention=False)
     assert loaded.attention == "sdpa"
     attentions, hidden = reference_outputs(reference_models["llama"], reference_ids(llama_model))
     expected, _ = reference_sublayers("llama", reference_models["llama"], attentions, hidden)
@@ -774,9 +775,9 @@ def test_chunked_attention_matches_reference(tiny_model, loaded, reference_model
     assert loaded.attention == "layerheat"
     attentions, _ = reference_outputs(reference_model, reference_ids(tiny_model))
     T = attentions.shape[-1]
-    monkeypatch.setattr(models, "ATTENTION_CHUNK_BYTES", 4 * 4 * T * 3)  # 3 queries per chunk (by the memory budget)
+    monkeypatch.setattr(chunked, "ATTENTION_CHUNK_BYTES", 4 * 4 * T * 3)  # 3 queries per chunk (by the memory budget)
     seen = []
-    original = models._eager_function
+    original = chunked._eager_function
 
     def spy(module):
         fn = original(module)
@@ -787,7 +788,7 @@ def test_chunked_attention_matches_reference(tiny_model, loaded, reference_model
 
         return wrapped
 
-    monkeypatch.setattr(models, "_eager_function", spy)
+    monkeypatch.setattr(chunked, "_eager_function", spy)
     got = extract(loaded, SAMPLE_TEXT, ["attention", "attention-entropy", MetricRequest("attention-from", query=5)])
     assert max(seen) == 3 and len(seen) == tiny_model.num_layers * -(-T // 3)
     assert_rel_close(got["attention"].values, reference_attention_received(attentions, tiny_model.causal), what="chunked")
@@ -801,7 +802,7 @@ def test_chunked_attention_matches_reference(tiny_model, loaded, reference_model
 
 def test_eager_attention_path_matches_reference(llama_model, reference_models):
     """Models that do not use transformers' attention interface: weights from each eager attention module."""
-    loaded = models.load(models.resolve(str(llama_model.path)), eager_attention=False)
+    loaded = models.load(refs.resolve(str(llama_model.path)), eager_attention=False)
     loaded.model.set_attn_implementation("eager")
     loaded = dataclasses.replace(loaded, attention="eager")
     attentions, _ = reference_outputs(reference_models["llama"], reference_ids(llama_model))
@@ -911,7 +912,7 @@ def more(request, more_models):
 
     tiny = more_models[request.param]
     reference = AutoModelForCausalLM.from_pretrained(tiny.path, attn_implementation="eager", dtype=torch.float32).eval()
-    return tiny, models.load(models.resolve(str(tiny.path))), reference
+    return tiny, models.load(refs.resolve(str(tiny.path))), reference
 
 
 def test_more_architectures_match_reference(more):
@@ -991,9 +992,9 @@ def test_chunks_with_padding_and_windows_change_nothing(more, monkeypatch):
     tiny, loaded, _ = more
     items = [(TextInput(t), r) for t in [SAMPLE_TEXT, *OTHER_TEXTS] for r in all_requests(tiny.arch)[:4]]
     whole = [extract_many(loaded, [item], batch_size=1)[0] for item in items]
-    monkeypatch.setattr(models, "ATTENTION_QUERY_CHUNK", 3)
-    chunked = extract_many(loaded, items, padding_side="left")
-    for (_source, request), got, expected in zip(items, chunked, whole):
+    monkeypatch.setattr(chunked, "ATTENTION_QUERY_CHUNK", 3)
+    batched = extract_many(loaded, items, padding_side="left")
+    for (_source, request), got, expected in zip(items, batched, whole):
         assert_nan_rel_close(got.values, expected.values, what=f"{tiny.arch} chunked {request}")
 
 
@@ -1002,7 +1003,7 @@ def test_chunks_with_padding_and_windows_change_nothing(more, monkeypatch):
 
 def test_bfloat16_is_close_to_float32(llama_model, loaded_models):
     """A half-precision model gives the same picture, roughly, and its lens still reproduces its own logits."""
-    loaded = models.load(models.resolve(str(llama_model.path)), dtype="bfloat16")
+    loaded = models.load(refs.resolve(str(llama_model.path)), dtype="bfloat16")
     assert loaded.dtype == "bfloat16" and next(loaded.model.parameters()).dtype == torch.bfloat16
     metrics = ["attention", "hidden-norm", "attn-norm", "logit-lens"]
     half = extract(loaded, SAMPLE_TEXT, metrics)
@@ -1019,9 +1020,9 @@ def test_auto_device_and_dtype_on_a_cpu_machine(llama_model):
         pytest.skip("an accelerator is present")
     assert models.resolve_device("auto") == "cpu" and models.resolve_dtype("auto", "cpu") == "float32"
     assert models.resolve_dtype("auto", "cuda:1") in ("bfloat16", "float16")
-    with pytest.raises(models.ModelError, match="unknown dtype 'float8'"):
+    with pytest.raises(refs.ModelError, match="unknown dtype 'float8'"):
         models.resolve_dtype("float8", "cpu")
-    loaded = models.load(models.resolve(str(llama_model.path)), device="auto", dtype="auto")
+    loaded = models.load(refs.resolve(str(llama_model.path)), device="auto", dtype="auto")
     assert loaded.dtype == "float32" and loaded.device.type == "cpu"
 
 
@@ -1047,7 +1048,7 @@ def test_trust_remote_code_only_for_the_models_mkdocs_yml_allows(llama_model, tm
 
 def test_device_map_auto_loads_through_accelerate(llama_model, loaded_models):
     """`device_map: auto` (one CPU here): accelerate places the weights, the numbers do not change."""
-    loaded = models.load(models.resolve(str(llama_model.path)), device_map="auto")
+    loaded = models.load(refs.resolve(str(llama_model.path)), device_map="auto")
     metrics = ["attention", "attn-norm", "logit-lens"]
     got = extract(loaded, SAMPLE_TEXT, metrics)
     expected = extract(loaded_models["llama"], SAMPLE_TEXT, metrics)

@@ -4,9 +4,8 @@ weights through accelerate's offload (to `offload_folder` on disk), and every me
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from mkdocs_layerheat import models
+from mkdocs_layerheat import models, refs
 from mkdocs_layerheat.catalog import ONE_PASS
 from mkdocs_layerheat.extract import extract
 
@@ -14,7 +13,7 @@ from mkdocs_layerheat.extract import extract
 def test_offloaded_model_gives_the_in_memory_values(llama_model, loaded_models, tmp_path):
     in_memory = loaded_models["llama"]
     size = sum(p.numel() * p.element_size() for p in in_memory.model.parameters())
-    offloaded = models.load(models.resolve(str(llama_model.path)), device_map="auto",
+    offloaded = models.load(refs.resolve(str(llama_model.path)), device_map="auto",
                             max_memory={"cpu": str(size // 3)}, offload_folder=str(tmp_path / "offload"))
     placed = set(getattr(offloaded.model, "hf_device_map", {}).values())
     assert "disk" in placed, placed  # part of the model really is offloaded
@@ -26,10 +25,3 @@ def test_offloaded_model_gives_the_in_memory_values(llama_model, loaded_models, 
         np.testing.assert_allclose(got[metric].values, want[metric].values, rtol=1e-5, atol=1e-6, equal_nan=True,
                                    err_msg=metric)
 
-
-def test_max_memory_and_offload_folder_are_site_options_only():
-    from mkdocs_layerheat.spec import SpecError, parse_spec
-
-    for key in ("max_memory", "offload_folder"):
-        with pytest.raises(SpecError, match="plugin option in mkdocs.yml"):
-            parse_spec(f"model: m\ntext: hi\n{key}: x\n")

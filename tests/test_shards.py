@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import shutil
 
-from test_cache_workflow import LAYERHEAT, make_site, mkdocs, run
+from sites import LAYERHEAT, mkdocs, run
+from test_cache_workflow import site_of
 
 from mkdocs_layerheat import plan
 from mkdocs_layerheat.spec import parse_spec
@@ -42,7 +43,7 @@ def test_shards_split_the_misses_once_each_keeping_models_together(tmp_path, lla
 
 
 def test_a_matrix_of_shards_then_merge_then_build_is_fully_cached(tmp_path, llama_model):
-    site = make_site(tmp_path / "site", llama_model.path)
+    site = site_of(tmp_path / "site", llama_model.path)
     jobs = []
     for i in (1, 2):
         job = tmp_path / f"job{i}"
@@ -61,7 +62,7 @@ def test_a_matrix_of_shards_then_merge_then_build_is_fully_cached(tmp_path, llam
 
 
 def test_merge_refuses_entries_that_are_not_what_their_key_says(tmp_path, llama_model):
-    site = make_site(tmp_path / "site", llama_model.path)
+    site = site_of(tmp_path / "site", llama_model.path)
     job = tmp_path / "job"
     shutil.copytree(site, job)
     assert run(job, LAYERHEAT, "precompute", "-f", "mkdocs.yml").returncode == 0
@@ -96,7 +97,7 @@ def test_precompute_on_a_terminal_draws_a_progress_bar(tmp_path, llama_model):
     import pty
     import subprocess
 
-    site = make_site(tmp_path / "site", llama_model.path)
+    site = site_of(tmp_path / "site", llama_model.path)
     leader, follower = pty.openpty()
     process = subprocess.run([LAYERHEAT, "precompute", "-f", "mkdocs.yml"], cwd=site, stderr=follower,
                              stdout=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin", "COLUMNS": "100"}, timeout=300)

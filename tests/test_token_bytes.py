@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mkdocs_layerheat import models
+from mkdocs_layerheat import models, refs
 from mkdocs_layerheat.cache import Cache
-from mkdocs_layerheat.extract import _bytes_to_unicode, extract, fragment_bytes
+from mkdocs_layerheat.extract import extract
 from mkdocs_layerheat.figure import single
 from mkdocs_layerheat.heatmap import Heatmap
 from mkdocs_layerheat.labels import bytes_text, display_labels, fragment_notes
 from mkdocs_layerheat.render import data_csv
+from mkdocs_layerheat.texts import _bytes_to_unicode, fragment_bytes
 
 DEMO = Path(__file__).resolve().parents[1] / ".models" / "SmolLM2-135M-Instruct"
 # a dash, accents, emoji (one the vocabulary has whole, others it splits), CJK rare and common, a math letter
@@ -62,7 +63,7 @@ def expected_note(parts: list[tuple[str, int, int]]) -> str:
 def demo():
     if not (DEMO / "config.json").is_file():
         pytest.fail(f"the demo model is missing at {DEMO}: run `make model` (make test does)")
-    return models.load(models.resolve(str(DEMO)))
+    return models.load(refs.resolve(str(DEMO)))
 
 
 def test_byte_level_table_is_transformers_own():

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_cache_workflow import make_site
+from test_cache_workflow import site_of
 
 from mkdocs_layerheat import plan, worker
 from mkdocs_layerheat.spec import parse_spec
@@ -94,7 +94,7 @@ def test_worker_numbers_are_bit_identical_to_the_build_s_own(tmp_path, tiny_mode
 
 
 def test_edit_then_build_uses_the_warm_worker_and_never_imports_torch(tmp_path, llama_model, workers):
-    site = make_site(tmp_path / "site", llama_model.path)
+    site = site_of(tmp_path / "site", llama_model.path)
     workers.append(site / ".cache" / "layerheat")
     env = {"PATH": "/usr/bin:/bin", "NO_MKDOCS_2_WARNING": "1", "LAYERHEAT_WORKER": "120"}
     first = subprocess.run([sys.executable, "-m", "mkdocs", "build"], capture_output=True, text=True, cwd=site,

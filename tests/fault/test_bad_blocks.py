@@ -7,7 +7,7 @@ import re
 import shutil
 
 import pytest
-from faultsite import GOOD, make_site, mkdocs
+from sites import GOOD, make_site, mkdocs
 
 # name -> (bad block body, line of the problem inside the body (0: the fence line), message fragment)
 CASES = {

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from faultsite import make_site, mkdocs, popen, tree
+from sites import make_site, mkdocs, popen, tree
 
 METRICS = ("attention", "hidden-norm", "logit-lens", "attention-from", "mlp-norm", "logit-lens-rank")
 PAGE = "# Page\n\n" + "".join(
@@ -22,17 +22,17 @@ def site(tmp_path, llama_model) -> Path:
     return make_site(tmp_path / "site", {"index.md": PAGE}, {"tiny": str(llama_model.path)})
 
 
-def kill_when(site: Path, ready, limit: float = 60.0) -> bool:
-    """Start a build, SIGKILL it once `ready(cache_dir)` holds; False if it finished first."""
+def kill_when(site: Path, ready, limit: float = 60.0, sig: int = signal.SIGKILL) -> bool:
+    """Start a build, send it `sig` once `ready(cache_dir)` holds; whether that ended it (False: it finished first)."""
     cache = site / ".cache" / "layerheat"
     process = popen(site, "-d", str(site / "killed-site"))
     deadline = time.monotonic() + limit
     try:
         while process.poll() is None and time.monotonic() < deadline:
             if ready(cache):
-                process.send_signal(signal.SIGKILL)
+                process.send_signal(sig)
                 process.wait()
-                return process.returncode == -signal.SIGKILL
+                return process.returncode != 0
             time.sleep(0.005)
         return False
     finally:

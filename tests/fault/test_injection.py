@@ -9,8 +9,8 @@ import json
 import re
 
 import pytest
-from faultsite import GOOD, make_site, mkdocs
 from samples import NASTY, NASTY_BLOCK
+from sites import GOOD, make_site, mkdocs
 
 PAGE = f"""\
 # Injection
@@ -138,7 +138,9 @@ def test_the_page_parses_to_no_injected_element(built):
                 scripts[-1] += data
 
     Collect().feed(html)
-    assert not [t for t, a in tags if t == "img"]
+    images = [a for t, a in tags if t == "img"]  # only the figures' own static SVGs
+    assert all(a.get("class") == "layerheat-static" and re.fullmatch(r"(\.\./)*assets/layerheat/figures/\w+\.svg", a["src"])
+               for a in images), images
     assert not [a for t, a in tags if any(name.startswith("on") for name in a)]
     assert len(scripts) == len([t for t, a in tags if t == "script"])
     inline = [text for text, (_, a) in zip(scripts, [t for t in tags if t[0] == "script"]) if a.get("type") != "application/json"]

@@ -7,7 +7,7 @@ import os
 import shutil
 
 import pytest
-from faultsite import make_site, mkdocs
+from sites import make_site, mkdocs
 
 OUTSIDE = "is outside the project folder; list its folder in the plugin option model_dirs to allow it"
 

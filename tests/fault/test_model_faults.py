@@ -8,7 +8,7 @@ import re
 import shutil
 
 import pytest
-from faultsite import make_site, mkdocs
+from sites import make_site, mkdocs
 
 from mkdocs_layerheat import plan
 

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from faultsite import ENV, GOOD, make_site, mkdocs
+from sites import ENV, GOOD, make_site, mkdocs
 
 from mkdocs_layerheat.cache import STALE_TEMP_SECONDS
 

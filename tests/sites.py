@@ -1,4 +1,5 @@
-"""Helpers for the fault suite: a small temporary site and real `mkdocs build` runs of it."""
+"""The one site builder of the tests: a small temporary site (pages, model aliases, plugin options) and real
+`mkdocs build` runs of it."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ ENV = {"PATH": "/usr/bin:/bin", "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1
        "SOURCE_DATE_EPOCH": "1700000000"}  # MkDocs stamps each page with the build date otherwise
 
 
-def make_site(root: Path, pages: dict[str, str], models: dict[str, str], **options) -> Path:
+def make_site(root: Path, pages: dict[str, str], models: dict[str, str | Path], **options) -> Path:
     """A site whose mkdocs.yml has these model aliases and other plugin `options` (JSON-able values)."""
     (root / "docs").mkdir(parents=True, exist_ok=True)
     for name, text in pages.items():
@@ -30,12 +31,21 @@ def make_site(root: Path, pages: dict[str, str], models: dict[str, str], **optio
     return root
 
 
+LAYERHEAT = str(Path(sys.executable).parent / "layerheat")  # the command line
+
+
 def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "mkdocs", "build", *args]
 
 
+def run(root: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A command run in the site's folder, its output captured (`LAYERHEAT, "cache", "info"`)."""
+    return subprocess.run(list(args), capture_output=True, text=True, cwd=root, env={**ENV, **(env or {})})
+
+
 def mkdocs(root: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(command(*args), capture_output=True, text=True, cwd=root, env={**ENV, **(env or {})})
+    """`mkdocs build` of the site."""
+    return run(root, *command(*args), env=env)
 
 
 def popen(root: Path, *args: str) -> subprocess.Popen:
