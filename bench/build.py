@@ -328,7 +328,7 @@ def split_table(split: dict, floor: dict, n_heatmaps: int, worker: int) -> list[
          t["plan"] - floor_sum if have("plan") else None),
         ("figures: analysis (`analyze`)", t["analysis"] if have("draw", "analysis") else None),
         ("figures: written summaries (`Renderer.summary`)", t["summary"] if have("summary") else None),
-        ("figures: rendering (Bokeh item, templates; summaries excluded)", render),
+        ("figures: rendering (the data for the loader, the static SVG, templates; summaries excluded)", render),
         ("figures: the rest of `Figures._draw`", other_draw),
         ("MkDocs (the rest: start, config, Markdown, theme, files)",
          total - t["plan"] - t["draw"] if have("plan", "draw") else None),

@@ -22,10 +22,11 @@ import numpy as np
 
 from .bands import HIGH, KINDS, LOW, UNIFORM, layer_kinds, settle  # noqa: F401  (KINDS: re-exported)
 from .bands import segments as segments_of
-from .findings import MIN_RUN, Anomaly, Band, Findings, Observation, TokenFinding
+from .findings import MIN_RUN, Anomaly, Band, Findings, TokenFinding
 from .heatmap import Heatmap, quiet, robust_range
 from .heatmap import normalize as rescale
 from .labels import display_labels
+from .observations import observations
 from .phenomena import LENSES, TRACES, Phenomenon, detect, reference, true_runs
 from .phenomena import aside as aside_mask
 
@@ -36,7 +37,6 @@ ANOMALY_FACTOR, ANOMALY_MIN = 3.0, 0.15  # a profile anomaly: distance to the ty
 TWIN = 0.5  # anomalies whose profiles lie closer than this share of their distance to the typical one share a profile
 MAX_ANOMALIES = 3
 TREND_RHO, TREND_CHANGE = 0.8, 0.2  # depth trend: rank correlation of layer means with depth, and change
-MAX_OBSERVATIONS = 5
 MAX_RUNS = 3  # sustained runs the summary lists by name
 FLAT_RATIO = 1.5  # under layer scaling, a cell stands out only at 1.5x its layer's raw median (else: flat)
 LENS_FLOOR = 0.1  # a logit-lens highlight is a probability of at least this
@@ -230,7 +230,7 @@ def analyze(heatmap: Heatmap, values: np.ndarray, labels: list[str], normalize: 
     findings.flat = [(layers[a], layers[b]) for a, b in true_runs(s.flat)]
     if color_range == "robust":
         findings.clip = _clip(figure, s.valid & s.kept[None, :] if s.kept.any() else s.valid, palette == "diverging")
-    findings.observations = _observations(findings, heatmap)
+    findings.observations = observations(findings, heatmap)
     return findings
 
 
@@ -462,41 +462,3 @@ def _trend(layer_means: np.ndarray, layers: list[int], span: float) -> dict | No
     return {"direction": "rises" if rho > 0 else "falls", "rho": rho,
             "first_layer": layers[rows[0]], "last_layer": layers[rows[-1]],
             "first": float(means[0]), "last": float(means[-1])}
-
-
-def _observations(f: Findings, heatmap: Heatmap) -> list[Observation]:
-    """Candidate lead sentences with a salience score; the best `MAX_OBSERVATIONS`, most salient first.
-    A known phenomenon comes first; a token reported as an anomaly gets no second observation."""
-    out: list[Observation] = []
-    for kind in ("attention-sink", "massive-activation", "position-bound"):
-        if f.of(kind):
-            out.append(Observation(kind, 1.0, {"items": f.of(kind)}))
-    traced = f.metric in TRACES and reference(f.metric, heatmap.extras) is not None
-    if traced:
-        out.append(Observation("sites", 1.0, {}))
-    if f.metric in LENSES and not f.constant:
-        out.append(Observation("convergence", 1.0, {}))
-    for a in f.dominant:
-        out.append(Observation("sink", 0.95, {"anomaly": a}))
-    if f.constant:
-        out.append(Observation("flat", 0.95, {"value": f.low}))
-        return out[:MAX_OBSERVATIONS]
-    if len(f.bands) >= 2 and not traced:  # (a trace's reading is its sites, not its bands)
-        out.append(Observation("structure", 0.9, {"bands": f.bands, "onset": f.onset}))
-    if f.trend and not traced:
-        out.append(Observation("trend", 0.85, dict(f.trend)))
-    anomalous = {i for a in f.anomalies for i in a.indices}
-    spikes = [h for h in f.highlights if h.index not in anomalous]
-    if spikes:
-        top = spikes[0]
-        out.append(Observation("spike", 0.5 + 0.4 * min(1.0, top.peak_contrast),
-                               {"token": top, "besides": spikes[0] is not f.highlights[0]}))
-    if f.runs:
-        best = f.runs[0]
-        out.append(Observation("run", 0.55 + 0.3 * min(1.0, best.run_length / max(f.n_layers, 1)), {"token": best}))
-    for a in f.profile_anomalies:
-        out.append(Observation("anomaly", 0.7, {"anomaly": a}))
-    if not f.highlights and not f.runs and not f.phenomena:
-        out.append(Observation("flat", 0.6, {"value": None}))
-    out.sort(key=lambda o: -o.score)
-    return out[:MAX_OBSERVATIONS]

@@ -241,7 +241,8 @@ def place(source: Path | str, target: Path) -> None:
     """A file of the figures into the site: a cache file hard-linked when both lie on one file system (one
     directory entry instead of a copy: a site of hundreds of figures builds warm in a fraction of the time; the
     cache file is read-only, so the site's copy cannot be written through), else copied; text written."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.parent.is_dir():
+        target.parent.mkdir(parents=True)
     target.unlink(missing_ok=True)
     if isinstance(source, str):
         target.write_text(source, encoding="utf-8")

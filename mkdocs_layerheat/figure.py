@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 from functools import cache, cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,9 +30,23 @@ def label(metric: str) -> str:
     return METRICS[metric].label if metric in METRICS else metric
 
 
-@cache
+PALETTES_JS = Path(__file__).parent / "assets" / "palettes.js"
+
+
 def palette(name: str) -> tuple[str, ...]:
-    """256 colours, low to high: see `spec.PALETTES` (BokehJS builds the same ones in the loader)."""
+    """256 colours, low to high (see `spec.PALETTES`): the loader's, from `assets/palettes.js`."""
+    return _palettes()[name]
+
+
+@cache
+def _palettes() -> dict[str, tuple[str, ...]]:
+    text = PALETTES_JS.read_text(encoding="utf-8")
+    table = json.loads(text[text.index("{"):text.rindex("}") + 1])
+    return {name: tuple(f"#{rgb}" for rgb in re.findall(r"[0-9A-Fa-f]{6}", colours)) for name, colours in table.items()}
+
+
+def bokeh_palette(name: str) -> tuple[str, ...]:
+    """A palette made from Bokeh's, as `assets/palettes.js` holds it (`palettes_js`)."""
     from bokeh.palettes import Cividis256, RdBu11, Viridis256, YlOrBr9, interp_palette
 
     if name == "cividis":
@@ -43,8 +59,8 @@ def palette(name: str) -> tuple[str, ...]:
 
 
 def palettes_js() -> str:
-    """`assets/palettes.js`: the palettes for the loader, the same colours as `palette` (a test keeps them so)."""
-    table = {name: "".join(c[1:7] for c in palette(name)) for name in PALETTES}
+    """`assets/palettes.js`, made from Bokeh's palettes: the loader's and `palette`'s (a test keeps them so)."""
+    table = {name: "".join(c[1:7] for c in bokeh_palette(name)) for name in PALETTES}
     return ("/* 256 colours per palette, low to high, as hexadecimal RGB: made by mkdocs_layerheat.figure.palettes_js\n"
             "   from Bokeh's palettes (tests/test_render.py checks that they agree). */\n"
             f"window.layerheatPalettes = {json.dumps(table, indent=1, sort_keys=True)};\n")

@@ -88,10 +88,19 @@ def keys_for(specs: list[HeatmapSpec], settings: Settings) -> Keys:
     manifest = cache.manifest()
     found = Keys({}, {}, {}, {})
     by_target: dict[str, str] = {}
+    refs: dict[str, ModelRef | ModelError] = {}  # each reference resolved once
     for spec in dict.fromkeys(specs):
         target = settings.aliases.get(spec.model, spec.model)
         try:
-            ref = resolve(spec.model, settings.aliases, settings.base_dir, [settings.base_dir, *settings.model_dirs])
+            if spec.model not in refs:
+                try:
+                    refs[spec.model] = resolve(spec.model, settings.aliases, settings.base_dir,
+                                               [settings.base_dir, *settings.model_dirs])
+                except ModelError as exc:
+                    refs[spec.model] = exc
+            ref = refs[spec.model]
+            if isinstance(ref, ModelError):
+                raise ref
             if target not in by_target:
                 by_target[target] = fingerprint(ref, settings.cache_dir / "fingerprints.json")
             found.refs[spec], found.fingerprints[ref] = ref, by_target[target]

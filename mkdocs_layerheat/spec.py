@@ -115,9 +115,18 @@ def _line(body: str, mark: Any) -> int:
     return len(_MARKDOWN_BREAK.findall(body, 0, starts[min(mark.line, len(starts) - 1)])) + 1
 
 
-def _key_lines(body: str) -> dict[str, int]:
+def _document(body: str) -> tuple[Any, Any]:
+    """The body's YAML node and its data, parsed once (what `yaml.load` does, keeping the node)."""
+    loader = _LOADER(body)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
+
+
+def _key_lines(body: str, node: Any) -> dict[str, int]:
     """1-based line of each top-level key, for messages that point at the offending key; rejects duplicates."""
-    node = yaml.compose(body, Loader=_LOADER)
     if not isinstance(node, yaml.MappingNode):
         return {}
     lines: dict[str, int] = {}
@@ -132,8 +141,8 @@ def _key_lines(body: str) -> dict[str, int]:
 def parse_spec(body: str, docs_dir: str | Path | None = None) -> HeatmapSpec:
     """Validate a block body; raise `SpecError` with the first problem found."""
     try:
-        data = yaml.load(body, Loader=_LOADER)
-        lines = _key_lines(body)
+        node, data = _document(body)
+        lines = _key_lines(body, node)
     except RecursionError:
         raise SpecError("invalid YAML: nested too deeply") from None
     except (yaml.YAMLError, ValueError) as error:  # ValueError: PyYAML's own, for an escape past U+10FFFF
