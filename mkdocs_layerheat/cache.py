@@ -47,7 +47,8 @@ def source_hash(*paths: Path) -> str:
 
 
 _PACKAGE = Path(__file__).parent
-NUMERIC_SOURCES = [_PACKAGE / name for name in ("catalog.py", "reducers.py", "extract.py", "models.py", "interventions.py")]
+NUMERIC_SOURCES = [_PACKAGE / name for name in ("catalog.py", "reducers.py", "texts.py", "collector.py", "attention.py",
+                                                 "extract.py", "models.py", "interventions.py")]  # what computes values
 
 
 def cache_key(model_fingerprint: str, text: str, metric: str, options: dict[str, Any] | None = None) -> str:

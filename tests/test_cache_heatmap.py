@@ -427,3 +427,16 @@ def test_fingerprint_of_hub_model_offline(tmp_path, monkeypatch):
     assert refs.fingerprint(refs.resolve("owner/name")) == f"hub:owner/name@{commit}"
     with pytest.raises(refs.ModelError, match="not in the local cache"):
         refs.fingerprint(refs.resolve("owner/other"))
+
+
+def test_every_module_that_computes_values_is_part_of_the_cache_key():
+    """A change to the code that computes the numbers (whatever runs torch) invalidates the entries it made."""
+    import re
+    from pathlib import Path
+
+    from mkdocs_layerheat import cache
+
+    package = Path(cache.__file__).parent
+    computing = {p.name for p in package.glob("*.py") if re.search(r"^\s*(import torch|from torch)", p.read_text(), re.M)}
+    assert computing and computing <= {p.name for p in cache.NUMERIC_SOURCES}
+    assert all(p.is_file() for p in cache.NUMERIC_SOURCES)
