@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import fields
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
@@ -70,11 +72,22 @@ def cache_key(model_fingerprint: str, text: str, metric: str, options: dict[str,
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
+_log = logging.getLogger("mkdocs.plugins.layerheat")
+
+
 class Cache:
-    def __init__(self, directory: str | Path):
+    """`warn` is told, once per entry, of an entry found unusable (it is then a miss, computed again)."""
+
+    def __init__(self, directory: str | Path, warn: Callable[[str], None] = _log.warning):
         self.directory = Path(directory)
-        self.problems: list[str] = []  # entries found unusable, for the caller to report
+        self.warn = warn
+        self._unusable: set[Path] = set()  # entries already reported
         self.writable = True  # False once a write failed: later puts are skipped
+
+    def _unusable_entry(self, path: Path, why: str) -> None:
+        if path not in self._unusable:
+            self._unusable.add(path)
+            self.warn(f"cache entry {path.name} is unusable ({why}); recomputing")
 
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.npz"
@@ -125,13 +138,14 @@ class Cache:
         (truncated, another format) or when the key it holds is not its file's name, i.e. it is not where its
         content says it belongs; a model fingerprint that differs from this cache's for one reference is kept as
         this cache's and reported."""
-        source = Cache(other)
+        reasons: list[str] = []
+        source = Cache(other, warn=reasons.append)
         added, present, refused = 0, 0, []
         with self.lock():
             for path in source.entries():
                 key = path.stem
                 if source.get(key) is None:
-                    refused.append(f"{path}: {source.problems[-1] if source.problems else 'unreadable'}")
+                    refused.append(f"{path}: {reasons[-1] if reasons else 'unreadable'}")
                     continue
                 if self.has(key):
                     present += 1
@@ -184,7 +198,7 @@ class Cache:
         if not path.is_file():
             return False
         if not zipfile.is_zipfile(path):
-            self.problems.append(f"cache entry {path.name} is unusable (truncated or not an entry); recomputing")
+            self._unusable_entry(path, "truncated or not an entry")
             return False
         return True
 
@@ -203,7 +217,7 @@ class Cache:
                     raise ValueError("written by another version")
                 return Heatmap(values=data["values"], **meta)
         except Exception as exc:  # truncated, garbage, wrong version or shape: recompute
-            self.problems.append(f"cache entry {path.name} is unusable ({exc}); recomputing")
+            self._unusable_entry(path, str(exc))
             return None
 
     def put(self, key: str, heatmap: Heatmap) -> None:
@@ -218,6 +232,7 @@ class Cache:
         buffer = io.BytesIO()
         np.savez(buffer, values=heatmap.values, meta=encoded)
         _write_atomic(path, buffer.getvalue())
+        self._unusable.discard(path)  # repaired: a later fault is news again
 
 
 def _write_atomic(path: Path, data: bytes, mode: int | None = None) -> Path:

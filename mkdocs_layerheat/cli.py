@@ -219,7 +219,7 @@ def info(config_file: Path) -> None:
 
     from .cache import Cache
 
-    store = Cache(_cache_dir(config_file))
+    store = Cache(_cache_dir(config_file), warn=lambda _: None)  # counted below as unreadable
     entries = store.entries()
     per_model = Counter(h.model if (h := store.get(p.stem)) else "(unreadable)" for p in entries)
     size = sum(f.stat().st_size for f in store.directory.rglob("*") if f.is_file()) if store.directory.exists() else 0
@@ -259,8 +259,8 @@ def prune(config_file: Path) -> None:
     from .plan import keys_for
 
     settings, specs = _site(config_file)
-    found = keys_for(specs, settings)
     store = Cache(settings.cache_dir)
+    found = keys_for(specs, settings, store)
     used = set(found.keys.values())
     stale = [p for p in store.entries() if p.stem not in used]
     for path in stale:

@@ -65,7 +65,7 @@ class Figures:
     def __init__(self, settings: plan.Settings, renderer: Renderer, docs_dir: Path | None, log: logging.Logger,
                  enabled: bool = True):
         self.settings, self.renderer, self.docs_dir, self.log, self.enabled = settings, renderer, docs_dir, log, enabled
-        self.cache = Cache(settings.cache_dir)
+        self.cache = Cache(settings.cache_dir, warn=log.warning)
         self.outcomes: dict[HeatmapSpec, plan.Outcome] = {}
         self.parsed: dict[str, HeatmapSpec | SpecError] = {}
         self.failures: list[Failure] = []
@@ -86,7 +86,7 @@ class Figures:
                  if isinstance(spec := self.parse(block.body), HeatmapSpec) for side in spec.sides()
                  if side not in self.outcomes]
         if self.enabled and specs:
-            self.outcomes.update(plan.run(specs, self.settings, self.log))
+            self.outcomes.update(plan.run(specs, self.settings, self.log, self.cache))
 
     def site_files(self) -> Iterator[tuple[str, Path | str]]:
         """The files the figures add to the site (`cache.place` puts them there): the data downloads of every
@@ -117,7 +117,7 @@ class Figures:
         prefixes = [f"in metric '{s.metric}': " for s in sides] if spec.panels else ["", "in 'compare': "]
         outcomes = []
         for side, which in zip(sides, prefixes):
-            outcome = self.outcomes.get(side) or plan.run([side], self.settings, self.log)[side]
+            outcome = self.outcomes.get(side) or plan.run([side], self.settings, self.log, self.cache)[side]
             if outcome.error:
                 return self.error(outcome.error.within(which).at(page, block.line))
             outcomes.append(outcome)
@@ -154,13 +154,10 @@ class Figures:
         return self.renderer.error(failure.where, failure.text)
 
     def _heatmap(self, spec: HeatmapSpec, outcome: plan.Outcome):
-        """The values of an outcome; an entry found unusable when read is reported and computed again."""
+        """The values of an outcome; an entry found unusable when read (the cache says so) is computed again."""
         if outcome.heatmap is not None:
             return outcome.heatmap
-        for problem in outcome.cache.problems:
-            self.log.warning(problem)
-        outcome.cache.problems.clear()
-        outcome = plan.run([spec], dataclasses.replace(self.settings, refresh=True), self.log)[spec]
+        outcome = plan.run([spec], dataclasses.replace(self.settings, refresh=True), self.log, self.cache)[spec]
         return outcome.error or outcome.heatmap
 
     def _draw(self, spec: HeatmapSpec, number: int, heatmaps: list, data_urls: list[str | None],

@@ -78,13 +78,14 @@ class Keys:
     errors: dict[HeatmapSpec, Failure]
 
 
-def keys_for(specs: list[HeatmapSpec], settings: Settings) -> Keys:
+def keys_for(specs: list[HeatmapSpec], settings: Settings, cache: Cache | None = None) -> Keys:
     """Cache keys of the specs whose model can be fingerprinted, with their refs, and errors for the others.
 
     A model that is not on this machine (a cache handed over from another one) is known by the
-    fingerprint the cache's manifest recorded for the same reference.
+    fingerprint the cache's manifest recorded for the same reference. `cache`: the build's (by default, the
+    settings' folder).
     """
-    cache = Cache(settings.cache_dir)
+    cache = cache or Cache(settings.cache_dir)
     manifest = cache.manifest()
     found = Keys({}, {}, {}, {})
     by_target: dict[str, str] = {}
@@ -115,11 +116,12 @@ def keys_for(specs: list[HeatmapSpec], settings: Settings) -> Keys:
     return found
 
 
-def run(specs: list[HeatmapSpec], settings: Settings, log=_log) -> dict[HeatmapSpec, Outcome]:
-    """An `Outcome` for every spec: from the cache, or computed now and stored."""
+def run(specs: list[HeatmapSpec], settings: Settings, log=_log, cache: Cache | None = None) -> dict[HeatmapSpec, Outcome]:
+    """An `Outcome` for every spec: from `cache` (the build's; by default, the settings' folder), or computed
+    now and stored."""
     start = time.perf_counter()
-    cache = Cache(settings.cache_dir)
-    found = keys_for(specs, settings)
+    cache = cache or Cache(settings.cache_dir, warn=log.warning)
+    found = keys_for(specs, settings, cache)
     outcomes = {spec: Outcome(error=failure) for spec, failure in found.errors.items()}
     misses: dict[ModelRef, list[HeatmapSpec]] = defaultdict(list)
     cached: dict[object, int] = defaultdict(int)  # per model (ref, or name when not on this machine)
@@ -145,8 +147,6 @@ def run(specs: list[HeatmapSpec], settings: Settings, log=_log) -> dict[HeatmapS
             outcomes.update(compute_misses(misses, found, cache, settings, log, cached))
     for model, count in cached.items():
         log.info(f"model {model}: {count} heatmaps, {count} cached")
-    for problem in dict.fromkeys(cache.problems):
-        log.warning(problem)
     if specs:
         computed = sum(o.computed for o in outcomes.values())
         failed = sum(o.error is not None for o in outcomes.values())
@@ -168,8 +168,8 @@ def shard(specs: list[HeatmapSpec], settings: Settings, index: int, count: int) 
     """
     if not 1 <= index <= count:
         raise ValueError(f"shard {index}/{count}: the shard must lie between 1 and {count}")
-    found = keys_for(specs, settings)
     cache = Cache(settings.cache_dir)
+    found = keys_for(specs, settings, cache)
     by_key: dict[str, list[HeatmapSpec]] = defaultdict(list)
     for spec, key in found.keys.items():
         if spec in found.refs and (settings.refresh or not cache.has(key)):
@@ -213,7 +213,6 @@ def _remote(misses: dict[ModelRef, list[HeatmapSpec]], found: Keys, settings: Se
         return None
     for level, message in reply["log"]:
         log.log(level, message)
-    cache.problems.extend(reply["problems"])
     computed = set(reply["computed"])
     outcomes = {}
     for spec in (spec for todo in misses.values() for spec in todo):
@@ -250,11 +249,11 @@ def _answer(body: dict) -> dict:
     log = logging.getLogger("layerheat.worker.request")
     log.handlers[:] = [handler]
     log.propagate, log.level = False, logging.DEBUG
-    cache = Cache(settings.cache_dir)
+    cache = Cache(settings.cache_dir, warn=log.warning)  # an unusable entry: said in the log sent back
     outcomes = compute_misses(misses, found, cache, settings, log, cached)
     return {"status": "ok", "results": {found.keys[spec]: o.error and o.error.to_json() for spec, o in outcomes.items()},
             "computed": [found.keys[spec] for spec, o in outcomes.items() if o.computed],
-            "log": handler.records, "problems": list(cache.problems)}
+            "log": handler.records}
 
 
 _TUPLES = ("heads", "layers")  # spec fields held as tuples, sent as lists

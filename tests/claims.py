@@ -352,7 +352,7 @@ class Reader:
             out["late"] = (list(range(start, top + 1)), last)
         return out
 
-    def check_trace(self, eat) -> None:
+    def _trace_claims(self):
         from mkdocs_layerheat.labels import display_labels  # (how an answer is named, not what it is)
 
         low, high, first, last_subject = self.reference()
@@ -374,7 +374,7 @@ class Reader:
                 w = o["window"]
                 self.expect(restored == f"the {'MLP' if o['restore'] == 'mlp' else 'attention'} outputs of {w} blocks "
                             f"around l (l − {w // 2} to l + {w - w // 2 - 1}, within the model)", "restored window")
-        eat(rf"The subject, (?P<a>{TOK})(?: to (?P<b>{TOK}))? \(marked \*\), is noised in (?P<n>\d+) copies \(noise "
+        yield (rf"The subject, (?P<a>{TOK})(?: to (?P<b>{TOK}))? \(marked \*\), is noised in (?P<n>\d+) copies \(noise "
             rf"(?P<noise>{NUM}) times the standard deviation of the input embeddings, seed (?P<seed>\d+)\); restored: "
             r"(?P<what>the output of block l|the (?:MLP|attention) outputs of \d+ blocks around l \(l − \d+ to l \+ \d+, "
             r"within the model\))\.", setup)
@@ -382,7 +382,7 @@ class Reader:
         def answer(m):
             name(m.group(1), t["answer"])
             self.expect(close(m.group(2), high) and close(m.group(3), low), "clean and noised probabilities")
-        eat(rf"The answer is ({CODE}), with a probability of ({NUM}) on the clean text and ({NUM}) with the subject noised\.",
+        yield (rf"The answer is ({CODE}), with a probability of ({NUM}) on the clean text and ({NUM}) with the subject noised\.",
             answer)
 
         def differs(m):
@@ -391,21 +391,21 @@ class Reader:
             for (_, b), i in zip(stated, t["differs"]):
                 name(b, t["corrupt_tokens"][i])
             self.expect(int(m.group("more") or 0) == max(0, len(t["differs"]) - 4), "more differing tokens")
-        eat(rf"The corrupted text differs at (?P<items>(?:{TOK} → {CODE}(?:, )?)+)(?: and (?P<more>\d+) more tokens)?\.",
+        yield (rf"The corrupted text differs at (?P<items>(?:{TOK} → {CODE}(?:, )?)+)(?: and (?P<more>\d+) more tokens)?\.",
             differs)
 
         def answers(m):
             name(m.group(1), t["answer"]), name(m.group(2), t["corrupt_answer"])
             name(m.group(3), t["answer"]), name(m.group(4), t["corrupt_answer"])
             self.expect(close(m.group(5), t["ld_clean"]) and close(m.group(6), t["ld_corrupt"]), "logit differences")
-        eat(rf"The answer is ({CODE}) on the clean text and ({CODE}) on the corrupted one; the logit difference \(({CODE}) "
+        yield (rf"The answer is ({CODE}) on the clean text and ({CODE}) on the corrupted one; the logit difference \(({CODE}) "
             rf"minus ({CODE})\) is ({NUM}) on the clean run and ({NUM}) on the corrupted one\.", answers)
 
         def colours(m):
             self.expect(close(m.group(1), low) and close(m.group(2), high), "colour range")
             above = self.raw > max(low, high) + 0.02 * abs(high - low)
             self.expect(int(m.group(3) or 0) == int(above.sum()), "cells above the range")
-        eat(rf"; the colours run from the corrupted run's value, ({NUM}), to the clean run's, ({NUM})"
+        yield (rf"; the colours run from the corrupted run's value, ({NUM}), to the clean run's, ({NUM})"
             r"(?: \((\d+) cells? lies? above it by more than 2% of the way, marked ▲\))?\.", colours)
         if re.search(r"the colours run from the corrupted run's value", self.text) is None:
             self.fail("the colour range of the intervention is not said")
@@ -424,14 +424,14 @@ class Reader:
             peak = int(np.argmax(np.nan_to_num(self.raw[:, last_subject], nan=-np.inf)))
             self.expect(self.row(m.group("at")) == peak and close(m.group("v"), self.raw[peak, last_subject]), "early peak")
             self.expect(abs(int(m.group("share")) - 100 * rec[peak, last_subject]) < 1, "early share")
-        eat(rf"\*Early site\*: restoring the last {what} token, ({TOK}), recovers at least half of what the corruption took "
+        yield (rf"\*Early site\*: restoring the last {what} token, ({TOK}), recovers at least half of what the corruption took "
             rf"at (?P<spans>{SPANS}), most at layer (?P<at>\d+) \((?P<v>{NUM}), (?P<share>\d+)% of the way\)\.", early)
 
         def no_early(m):
             self.expect(self.token(m.group(1))[:1] == [last_subject] and "early" not in self.sites and self.sought(), "no early site")
             peak = int(np.argmax(np.nan_to_num(self.raw[:, last_subject], nan=-np.inf)))
             self.expect(close(m.group(2), self.raw[peak, last_subject]) and self.row(m.group(3)) == peak, "its best")
-        eat(rf"Restoring the last {what} token, ({TOK}), never recovers half of what the corruption took \(at most ({NUM}), "
+        yield (rf"Restoring the last {what} token, ({TOK}), never recovers half of what the corruption took \(at most ({NUM}), "
             r"at layer (\d+)\): there is no early site\.", no_early)
 
         def strongest(m):
@@ -439,7 +439,7 @@ class Reader:
             r, c = np.unravel_index(int(np.argmax(block)), block.shape)
             self.expect(self.token(m.group(1))[:1] == [first + c] and first + c != last_subject, "strongest subject token")
             self.expect(close(m.group(2), block[r, c]) and self.row(m.group(3)) == r, "its value")
-        eat(rf"Among the {what} tokens, restoring ({TOK}) recovers most: ({NUM}) at layer (\d+)\.", strongest)
+        yield (rf"Among the {what} tokens, restoring ({TOK}) recovers most: ({NUM}) at layer (\d+)\.", strongest)
 
         trivial = self.raw[-1, -1] == np.float32(high)
 
@@ -452,7 +452,7 @@ class Reader:
                 self.expect((a, b) == (rows[0], rows[-1]), "late site layers")
                 self.expect(self.row(m.group("at")) == rows[0] and close(m.group("v"), self.raw[rows[0], last]), "late start")
             self.expect(close(m.group("w"), self.raw[-1, last]) and self.row(m.group("top")) == self.n_layers - 1, "late end")
-        eat(rf"\*Late site\*: restoring the last token, ({TOK}), recovers at least half (?:from layer (?P<a>\d+) on|at layers? "
+        yield (rf"\*Late site\*: restoring the last token, ({TOK}), recovers at least half (?:from layer (?P<a>\d+) on|at layers? "
             rf"(?P<a2>\d+)(?:–(?P<b>\d+))?) \((?P<v>{NUM}) at layer (?P<at>\d+), (?P<w>{NUM}) at layer (?P<top>\d+)\)\.", late)
 
         def no_late(m):
@@ -461,31 +461,31 @@ class Reader:
             below = np.nan_to_num(self.raw[:-1 if trivial else None, last], nan=-np.inf)
             r = int(np.argmax(below))
             self.expect(close(m.group(3), below[r]) and self.row(m.group(4)) == r, "the last token's best")
-        eat(rf"Restoring the last token, ({TOK}), (?:(recovers half only at the last layer, whose output it then is) \(below it, "
+        yield (rf"Restoring the last token, ({TOK}), (?:(recovers half only at the last layer, whose output it then is) \(below it, "
             rf"at most|never recovers half of what the corruption took \(at most) ({NUM}), at layer (\d+)\): there is no late "
             r"site\.", no_late)
 
         def weak(m):
             self.expect(not self.sought() and close(m.group(1), low) and close(m.group(2), high), "little taken away")
-        eat(rf"The corruption takes little away: the answer keeps ({NUM}) of its ({NUM})", weak)
-        eat(r"Sites are sought only where the noise at least halves the answer's probability; here it does not",
+        yield (rf"The corruption takes little away: the answer keeps ({NUM}) of its ({NUM})", weak)
+        yield (r"Sites are sought only where the noise at least halves the answer's probability; here it does not",
             lambda m: self.expect(not self.sought(), "little taken away"))
 
-        eat(rf"The subject includes the first token, ({TOK}):", lambda m: self.expect(first == 0, "first token"))
+        yield (rf"The subject includes the first token, ({TOK}):", lambda m: self.expect(first == 0, "first token"))
         if self.metric == "causal-trace" and first == 0:
             self.expect("The subject includes the first token" in self.text, "the first-token warning is missing")
         has = {k for k in ("early", "late") if k in self.sites}
-        eat(rf"held at ({TOK}) in the lower and middle layers", lambda m: self.expect(
+        yield (rf"held at ({TOK}) in the lower and middle layers", lambda m: self.expect(
             has == {"early", "late"} and self.token(m.group(1))[:1] == [last_subject], "both sites"))
-        eat(r"Only the upper layers of the last token carry what the corruption took", lambda m: self.expect(
+        yield (r"Only the upper layers of the last token carry what the corruption took", lambda m: self.expect(
             has == {"late"}, "only the late site"))
-        eat(rf"The answer depends on ({TOK}), but no restore at the last token recovers it", lambda m: self.expect(
+        yield (rf"The answer depends on ({TOK}), but no restore at the last token recovers it", lambda m: self.expect(
             has == {"early"} and self.token(m.group(1))[:1] == [last_subject], "only the early site"))
-        eat(r"that MLP outputs recover it at the early site", lambda m: self.expect(
+        yield (r"that MLP outputs recover it at the early site", lambda m: self.expect(
             "early" in has and o["restore"] == "mlp", "MLP early site"))
-        eat(r"that attention outputs recover it at the late site", lambda m: self.expect(
+        yield (r"that attention outputs recover it at the late site", lambda m: self.expect(
             "late" in has and o["restore"] == "attn", "attention late site"))
-        eat(rf"What follows leaves out ((?:{TOK}(?:, | and )?)+), whose columns? the sites? describes?", lambda m: self.expect(
+        yield (rf"What follows leaves out ((?:{TOK}(?:, | and )?)+), whose columns? the sites? describes?", lambda m: self.expect(
             sorted(self.tokens(m.group(1))) == sorted(t for _, t in self.sites.values()), "site tokens"))
 
         def lead(m):
@@ -502,12 +502,12 @@ class Reader:
                 else:
                     self.expect(stated(late_text) == spans(rows), "lead late layers")
         late_at = r"(?:from layer \d+ on|at layers? \d+(?:–\d+)?)"
-        eat(rf"(?:(?P<kind>Both) of ROME's sites show: the last {what} token at (?P<es>{SPANS}) and the last token "
+        yield (rf"(?:(?P<kind>Both) of ROME's sites show: the last {what} token at (?P<es>{SPANS}) and the last token "
             rf"(?P<ls>{late_at})\.|Only the (?P<kind2>late) site shows: restoring the last token recovers the answer "
             rf"(?P<ls2>{late_at}), restoring the last {what} token never does\.|Only the (?P<kind3>early) site shows: restoring "
             rf"the last {what} token recovers the answer at (?P<es3>{SPANS})\.)",
             lambda m: lead(_Merged(m)))
-        eat(rf"No single restore recovers half of what the corruption took at the last token or the last {what} token",
+        yield (rf"No single restore recovers half of what the corruption took at the last token or the last {what} token",
             lambda m: self.expect(not self.sites and self.sought(), "no site"))
 
     def _set_aside(self) -> list[int]:
@@ -626,41 +626,51 @@ class Reader:
         return np.concatenate([np.arange(a, b + 1) for a, b in spans])
 
     def check(self) -> list[str]:
-        text = self.text
-        consumed = text
+        """Every claim of the text checked: each section of the summary is a sequence of (pattern, check[, flags]),
+        each match of a pattern checked against the values; what no pattern consumed must state nothing."""
+        consumed = self.text
+        for section in (self._claims_plotted, self._claims_set_aside, self._claims_bands, self._claims_highlights,
+                        self._claims_observations, self._claims_phenomena, self._claims_settling, self._claims_entropy,
+                        self._claims_trace, self._claims_interpretation):
+            for pattern, check, *flags in section():
+                for m in re.finditer(pattern, self.text, *flags):
+                    check(m)
+                    consumed = consumed.replace(m.group(0), " ", 1)
 
-        def eat(pattern: str, handler, flags=0) -> None:
-            nonlocal consumed
-            for m in re.finditer(pattern, text, flags):
-                handler(m)
-                consumed = consumed.replace(m.group(0), " ", 1)
+        # what remains must state nothing: no number, no token
+        rest = re.sub(r"0–1|^\d+\. ", " ", consumed, flags=re.M)
+        for m in re.finditer(r"`[^`\n]*`|\d", rest):
+            context = rest[max(0, m.start() - 60):m.end() + 60].replace("\n", " ")
+            self.fail(f"unchecked claim {m.group(0)!r} in: ...{context}...")
+        return self.problems
 
-        # what is plotted
-        eat(r"The (\d+) tokens of the text", lambda m: self.expect(int(m.group(1)) == self.n_tokens, "token count"))
-        eat(r"against " + LAYERS + r"(?= of)", lambda m: self.expect(
+    def _claims_plotted(self):
+        """What is plotted."""
+        yield (r"The (\d+) tokens of the text", lambda m: self.expect(int(m.group(1)) == self.n_tokens, "token count"))
+        yield (r"against " + LAYERS + r"(?= of)", lambda m: self.expect(
             int(m.group(1)) == self.layers[0] and int(m.group(2) or m.group(1)) == self.layers[-1], "layer range"))
-        eat(r"layer (\d+) at the bottom", lambda m: self.expect(int(m.group(1)) == self.layers[0], "bottom layer"))
-        eat(rf"raw values from ({NUM}) to ({NUM})", lambda m: self.expect(
+        yield (r"layer (\d+) at the bottom", lambda m: self.expect(int(m.group(1)) == self.layers[0], "bottom layer"))
+        yield (rf"raw values from ({NUM}) to ({NUM})", lambda m: self.expect(
             close(m.group(1), np.nanmin(self.raw)) and close(m.group(2), np.nanmax(self.raw)), "raw range"))
-        eat(rf"Values are shown as computed, from ({NUM}) to ({NUM})", lambda m: self.expect(
+        yield (rf"Values are shown as computed, from ({NUM}) to ({NUM})", lambda m: self.expect(
             close(m.group(1), np.nanmin(self.figure)) and close(m.group(2), np.nanmax(self.figure)), "value range"))
-        eat(r"(\d+) cells? ha(?:s|ve) no value", lambda m: self.expect(
+        yield (r"(\d+) cells? ha(?:s|ve) no value", lambda m: self.expect(
             int(m.group(1)) == int((~self.valid).sum()), "NaN count"))
-        eat(r"Of these, (?:(\d+) (?:is a|are) chat-template tokens?)?(?: and )?(?:(\d+) (?:was|were) generated)?",
+        yield (r"Of these, (?:(\d+) (?:is a|are) chat-template tokens?)?(?: and )?(?:(\d+) (?:was|were) generated)?",
             lambda m: self.expect(int(m.group(1) or 0) == self.kinds.count("template")
                                   and int(m.group(2) or 0) == self.kinds.count("generated"), "token kinds"))
-        eat(r"^Each cell is the .*$", lambda m: None, re.M)  # the metric's fixed definition
+        yield (r"^Each cell is the .*$", lambda m: None, re.M)  # the metric's fixed definition
         def model(m):
             name = re.match(CODE_PARTS, m.group(1)).group(2)
             ref = (self.model or "").split("@")[0].rstrip("/")
             self.expect(self.model is None or ref.endswith(name) or ref.endswith(name + ".gguf"), f"model {name!r}")
-        eat(rf" of ({CODE})(?= \(y axis|\.)", model)
-        eat(r"Tokens are named as current → predicted: [^\n]*", lambda m: None)
+        yield (rf" of ({CODE})(?= \(y axis|\.)", model)
+        yield (r"Tokens are named as current → predicted: [^\n]*", lambda m: None)
         years = {"Xiao": 2023, "Gu": 2024, "Sun": 2024, "Belrose": 2023, "Meng": 2022, "Geva": 2023, "nostalgebraist": 2020}
-        eat(r"\b(Xiao|Gu|Sun|Belrose|Meng|Geva|nostalgebraist)(?: et al\.)? (\d{4})", lambda m: self.expect(
+        yield (r"\b(Xiao|Gu|Sun|Belrose|Meng|Geva|nostalgebraist)(?: et al\.)? (\d{4})", lambda m: self.expect(
             years[m.group(1)] == int(m.group(2)), f"{m.group(1)} {m.group(2)} is not the source"))
-        eat(r"`(?:hidden-norm|attention)` (?:figure of the same text|panel shows whether it does)", lambda m: None)
-        eat(r"The single token of the text", lambda m: self.expect(self.n_tokens == 1, "single token"))
+        yield (r"`(?:hidden-norm|attention)` (?:figure of the same text|panel shows whether it does)", lambda m: None)
+        yield (r"The single token of the text", lambda m: self.expect(self.n_tokens == 1, "single token"))
 
         def clipped(m):  # `color_range: robust`: the colours end at the 98th percentile of the cells read
             read = self.figure[self.valid & self.kept[None, :]]
@@ -686,31 +696,35 @@ class Reader:
             self.expect(sorted((int(n) for _, n in named), reverse=True) == [int(x) for x in counts[:len(named)]]
                         and len(named) == min(3, len(counts)), "the tokens with the most clipped cells")
             self.expect(int(m.group("others") or 0) == above.sum() - sum(int(n) for _, n in named), "other clipped cells")
-        eat(rf"The colours (?:run from the lowest value, (?P<lo>{NUM}), to|span plus and minus) the 98th percentile(?P<sym> of the magnitudes)? of the cells described below, (?P<hi>{NUM}) \(`color_range: robust`\):(?: no cell lies outside it)?(?: (?P<above>\d+) cells? lies? above it, drawn in the darkest colour and marked ▲(?: \((?P<tokens>(?:{TOK}: \d+(?:, )?)+?)(?:, other tokens: (?P<others>\d+))?\))?)?;?(?: (?P<below>\d+) cells? lies? below it, drawn in the lightest colour and marked ▼)?\.", clipped)
+        yield (rf"The colours (?:run from the lowest value, (?P<lo>{NUM}), to|span plus and minus) the 98th percentile(?P<sym> of the magnitudes)? of the cells described below, (?P<hi>{NUM}) \(`color_range: robust`\):(?: no cell lies outside it)?(?: (?P<above>\d+) cells? lies? above it, drawn in the darkest colour and marked ▲(?: \((?P<tokens>(?:{TOK}: \d+(?:, )?)+?)(?:, other tokens: (?P<others>\d+))?\))?)?;?(?: (?P<below>\d+) cells? lies? below it, drawn in the lightest colour and marked ▼)?\.", clipped)
 
-        # set aside (dominant) tokens
+    def _claims_set_aside(self):
+        """Set aside (dominant) tokens."""
         def aside(m):
             self.expect(sorted(self.set_aside) == sorted(self.dominant_rule()), "set-aside tokens are not the dominant ones")
             self.expect(close(m.group("lo"), self.lo) and close(m.group("hi"), self.hi), "range of the other tokens")
-        eat(rf"Below, (?:{TOK}(?:, | and )?)+ (?:is|are) left out(?: \(see anomalies\))? and the other tokens are compared on their own range, (?P<lo>{NUM}) to (?P<hi>{NUM})", aside)
+        yield (rf"Below, (?:{TOK}(?:, | and )?)+ (?:is|are) left out(?: \(see anomalies\))? and the other tokens are compared on their own range, (?P<lo>{NUM}) to (?P<hi>{NUM})", aside)
 
         def pale(m):
             self.expect(close(m.group("lo"), self.lo) and close(m.group("hi"), self.hi), "range of the other cells")
             self.expect(self.aside.any() and self.span < 0.25 * (np.nanmax(self.figure) - np.nanmin(self.figure)), "pale")
-        eat(rf"The other cells lie between (?P<lo>{NUM}) and (?P<hi>{NUM}), a small part of the figure's scale", pale)
+        yield (rf"The other cells lie between (?P<lo>{NUM}) and (?P<hi>{NUM}), a small part of the figure's scale", pale)
 
         def pale_shared(m):  # one side of a compare block, on the 0-1 scale shared with the other
             self.expect(close(m.group("lo"), self.lo) and close(m.group("hi"), self.hi), "range of the cells")
             self.expect(self.span < 0.25, "pale on the shared scale")
-        eat(rf"The cells lie between (?P<lo>{NUM}) and (?P<hi>{NUM}), a small part of the scale shared with the other panel", pale_shared)
+        yield (rf"The cells lie between (?P<lo>{NUM}) and (?P<hi>{NUM}), a small part of the scale shared with the other panel", pale_shared)
 
-        # bands
+    def _claims_bands(self):
+        """Bands."""
+        text = self.text
         bands: list[tuple[int, int, str]] = []
+        self.bands = bands  # (first row, last row, kind), for the observations
 
         def flat(m):
             stated = set(int(r) for a, b in self.spans(m.group(1)) for r in range(a, b + 1))
             self.expect(stated == set(np.flatnonzero(self.flat).tolist()), "flat layers")
-        eat(SPANS + r" no token reaches 1\.5x the layer's median, the least a token needs to stand out", flat)
+        yield (SPANS + r" no token reaches 1\.5x the layer's median, the least a token needs to stand out", flat)
         if self.flat.any():
             self.expect("no token reaches 1.5x the layer's median" in text, "flat layers not said")
 
@@ -735,7 +749,7 @@ class Reader:
             stated = int(m.group(7)) if m.group(7) else len(named)
             self.expect(outliers == stated or self.metric == "logit-lens-rank" and not stated,
                         f"band {name}: {outliers} cells stand out, the text says {stated}")
-        eat(SPANS + rf" (?:is|are) uniformly (high|low|medium): 80% of (?:its|their) cells lie (?:between ({NUM}) and|at)() ({NUM}) \(mean ({NUM})\)(?:, apart from (?:(\d+) cells? where a token stands out|(?P<cells>(?:{TOK} at layers? (?:\d+(?:, | and ))*\d+(?:, | and )?)+), where (?:a token stands|tokens stand) out))?", uniform)
+        yield (SPANS + rf" (?:is|are) uniformly (high|low|medium): 80% of (?:its|their) cells lie (?:between ({NUM}) and|at)() ({NUM}) \(mean ({NUM})\)(?:, apart from (?:(\d+) cells? where a token stands out|(?P<cells>(?:{TOK} at layers? (?:\d+(?:, | and ))*\d+(?:, | and )?)+), where (?:a token stands|tokens stand) out))?", uniform)
 
         def sparse(m):
             spans = self.spans(m.group(1))
@@ -750,7 +764,7 @@ class Reader:
                 self.expect(np.mean(u <= LOW + 1e-12) >= 0.5, f"band {a}-{b} called sparse but only a minority of its cells are low")
                 spikes = self.stands[a:b + 1][:, self.kept].mean()
                 self.expect(0 < spikes <= 0.25, f"band {a}-{b} called sparse with {spikes:.0%} of cells standing out")
-        eat(r"In " + SPANS + rf" most (?:tokens get little attention|cells are low) \((\d+)% of the cells below ({NUM})\) and a few stand out\.", sparse)
+        yield (r"In " + SPANS + rf" most (?:tokens get little attention|cells are low) \((\d+)% of the cells below ({NUM})\) and a few stand out\.", sparse)
 
         def differentiating(m):
             spans = self.spans(m.group(1))
@@ -773,13 +787,12 @@ class Reader:
                 if m.group("more"):
                     n_high = int(np.sum(means[self.kept] >= HIGH - 1e-9))
                     self.expect(int(m.group("more")) == n_high - 4, "count of other high tokens")
-        eat(r"In " + SPANS + rf" the tokens spread out: (\d+)% of the cells lie above ({NUM})(?: and (\d+)% below ({NUM}))?\.(?: (?P<high>(?:{TOK}(?:, | and )?)+?)(?:,? and (?P<more>\d+) other tokens)? stays? high(?: on average)?\.)?", differentiating)
+        yield (r"In " + SPANS + rf" the tokens spread out: (\d+)% of the cells lie above ({NUM})(?: and (\d+)% below ({NUM}))?\.(?: (?P<high>(?:{TOK}(?:, | and )?)+?)(?:,? and (?P<more>\d+) other tokens)? stays? high(?: on average)?\.)?", differentiating)
 
         if bands:  # the bands and the flat layers cover every layer once
             bands.sort()
             covered = sorted([r for a, b, _ in bands for r in range(a, b + 1)] + np.flatnonzero(self.flat).tolist())
             self.expect(covered == list(range(self.n_layers)), "bands and flat layers do not cover every layer once")
-        band_kinds = {(self.layers[a], self.layers[b]): k for a, b, k in bands}
 
         def trend(m):
             a, b = self.row(m.group(3)), self.row(m.group(5))
@@ -788,45 +801,19 @@ class Reader:
             ranks = np.argsort(np.argsort(means, kind="stable"), kind="stable")
             rho = np.corrcoef(np.arange(len(means)), ranks)[0, 1]
             self.expect(rho >= 0.8 if m.group(1) == "rises" else rho <= -0.8, f"trend {m.group(1)} but rho = {rho:.2f}")
-        eat(rf"(?:Overall the|The) layer mean (rises|falls) with depth, from ({NUM}) at layer (\d+) to ({NUM}) at layer (\d+)", trend)
+        yield (rf"(?:Overall the|The) layer mean (rises|falls) with depth, from ({NUM}) at layer (\d+) to ({NUM}) at layer (\d+)", trend)
 
         def trend_lead(m):
             means = self.layer_means[~np.isnan(self.layer_means)]
             ranks = np.argsort(np.argsort(means, kind="stable"), kind="stable")
             rho = np.corrcoef(np.arange(len(means)), ranks)[0, 1]
             self.expect(rho >= 0.8 if m.group(1) == "rises" else rho <= -0.8, f"trend {m.group(1)} but rho = {rho:.2f}")
-        eat(r"The layer mean (rises|falls) with depth\.", trend_lead)
+        yield (r"The layer mean (rises|falls) with depth\.", trend_lead)
 
-        # token highlights: the strongest single cells, outside the listed runs (and, under a lens, the
-        # predictions the settling sentences describe)
+    def _claims_highlights(self):
+        """Token highlights: the strongest single cells, outside the listed runs (and, under a lens, the predictions the settling sentences describe)."""
         listed_runs: list[int] = []
-
-        def shown(m):
-            named = []
-            for p in re.finditer(rf"({TOK}) at layer (\d+) \((p = )?({NUM}) against (?:a median of )?({NUM})\)", m.group("items")):
-                if not p.group(3):
-                    named.append(self.check_peak(p.group(1), p.group(2), p.group(4), p.group(5)))
-                    continue
-                (t,) = self.token(p.group(1))[:1] or [0]  # a lens cell by its probability, and the layer's median
-                r = self.row(p.group(2))
-                median = np.median(self.raw[r][self.valid[r] & self.kept])
-                self.expect(self.metric in LENSES and close(p.group(4), self.raw[r, t]) and close(p.group(5), median),
-                            f"{p.group(1)}: probability at layer {p.group(2)}")
-                self.check_peak_at(p.group(1), p.group(2))
-                named.append(t)
-            described = set(listed_runs) | (set(settle) - {t for t, r in settle.items() if r is None} | set(drops)
-                                            if self.metric in LENSES else set())
-            self.expect(self.metric != "logit-lens-rank", "a rank figure names no highlight")
-            peaking = [t for t in range(self.n_tokens) if self.kept[t] and self.valid[:, t].any()
-                       and self.stands[self.peak_row(t), t] and t not in described
-                       and (self.metric != "logit-lens" or self.raw[self.peak_row(t), t] >= 0.1 - 1e-9)]
-            self.expect(not set(named) & described, "a highlight repeats a token described above")
-            strength = {t: self.contrast[self.peak_row(t), t] for t in peaking}
-            weakest = min((strength.get(t, np.inf) for t in named), default=np.inf)
-            self.expect(all(strength[t] <= weakest + 1e-9 for t in peaking if t not in named),
-                        "a stronger highlight is left out")
-            more = int(m.group("more")) if m.group("more") else 0
-            self.expect(len(peaking) == len(named) + more, f"{len(peaking)} tokens stand out, not {len(named) + more}")
+        self.listed_runs = listed_runs  # for the highlights named after the settling sentences
 
         def most(m):
             t = self.check_peak_at(m.group(2), m.group(3))
@@ -834,7 +821,7 @@ class Reader:
             best = max(self.contrast[self.peak_row(x), x] for x in range(self.n_tokens)
                        if self.kept[x] and x not in skip and self.valid[:, x].any() and self.stands[self.peak_row(x), x])
             self.expect(self.contrast[self.row(m.group(3)), t] >= best - 1e-9, f"{m.group(2)} is not the token that stands out most")
-        eat(rf"(Apart from the anomalies, the|The) token that stands out most is ({TOK}), at layer (\d+)()()\.", most)
+        yield (rf"(Apart from the anomalies, the|The) token that stands out most is ({TOK}), at layer (\d+)()()\.", most)
 
         def run_lead(m):
             (t,) = self.token(m.group(1))[:1] or [0]
@@ -842,7 +829,7 @@ class Reader:
             best = max((lambda r: r[1] - r[0] + 1)(self.longest_run(x)) for x in range(self.n_tokens)
                        if self.kept[x] and x not in self.anomalies())
             self.expect(int(m.group(2)) == b - a + 1 == best, f"{m.group(1)}: its run is not the longest ({m.group(2)})")
-        eat(rf"({TOK}) stays above the others for (\d+) layers\.", run_lead)
+        yield (rf"({TOK}) stays above the others for (\d+) layers\.", run_lead)
         def runs(m):
             odd = re.findall(rf"; ((?:{TOK}(?:, | and )?)+?) (?:has|share|each have) a depth profile unlike the other tokens'", m.group("odd") or "")
             for r in re.finditer(rf"({TOK}) from layer (\d+) to (\d+) \((?:mean )?({NUM}) against (?:a median of )?({NUM})"
@@ -864,9 +851,12 @@ class Reader:
             longest = sorted(((lambda r: r[1] - r[0] + 1)(self.longest_run(t)) for t in range(self.n_tokens) if self.kept[t]), reverse=True)
             stated = [(lambda r: r[1] - r[0] + 1)(self.longest_run(t)) for t in listed_runs]
             self.expect(sorted(stated, reverse=True) == longest[:len(stated)], "the listed runs are not the longest")
-        eat(rf"Tokens that stay clearly above the others over a run of layers: (?P<items>.*?)(?P<odd>(?:; (?:{TOK}(?:, | and )?)+? (?:has|share|each have) a depth profile unlike the other tokens')*)(?:; (?P<more>\d+) more tokens? ha(?:s|ve) such a run of at least (?P<min>\d+) layers)?\.$", runs, re.M)
+        yield (rf"Tokens that stay clearly above the others over a run of layers: (?P<items>.*?)(?P<odd>(?:; (?:{TOK}(?:, | and )?)+? (?:has|share|each have) a depth profile unlike the other tokens')*)(?:; (?P<more>\d+) more tokens? ha(?:s|ve) such a run of at least (?P<min>\d+) layers)?\.$", runs, re.M)
 
-        # observations
+    def _claims_observations(self):
+        """Observations."""
+        bands = self.bands
+        band_kinds = {(self.layers[a], self.layers[b]): k for a, b, k in bands}
         def structure(m):
             words = {"uniformly high": "uniform-high", "uniformly low": "uniform-low", "uniformly medium": "uniform-medium",
                      "mostly low with a few peaks": "sparse", "spread out": "differentiating"}
@@ -880,7 +870,7 @@ class Reader:
                 first_non_uniform = next(a for a, b, k in bands if not k.startswith("uniform"))
                 self.expect(r == first_non_uniform, "tokens begin to differ")
                 self.expect(all(k.startswith("uniform") for a, b, k in bands if a < r), "onset after uniform bands only")
-        eat(r"From the bottom up the layers are [^\n]*?(?:, and (?P<more>\d+) more bands)?(?:; tokens begin to differ at layer (?P<onset>\d+))?\.(?= |$)", structure, re.M)
+        yield (r"From the bottom up the layers are [^\n]*?(?:, and (?P<more>\d+) more bands)?(?:; tokens begin to differ at layer (?P<onset>\d+))?\.(?= |$)", structure, re.M)
 
         def dominant(m):
             ts = self.token(m.group(1))
@@ -893,8 +883,8 @@ class Reader:
             self.expect(close(m.group("median"), np.nanmedian(others)), "median of the other tokens")
             if "special token" in m.group(0) or "chat-template token" in m.group(0):
                 self.expect(self.special[t], f"{m.group(1)} called special")
-        eat(rf"({TOK})(?:, a (?:special|chat-template) token,)? has the highest value at (?P<k>\d+) of the (?P<n>\d+) layers, with a mean of (?P<mean>{NUM}) against a median of (?P<median>{NUM}) for the other tokens", dominant)
-        eat(rf"({TOK}) dominates the figure; the other tokens are described on their own range", lambda m: self.expect(
+        yield (rf"({TOK})(?:, a (?:special|chat-template) token,)? has the highest value at (?P<k>\d+) of the (?P<n>\d+) layers, with a mean of (?P<mean>{NUM}) against a median of (?P<median>{NUM}) for the other tokens", dominant)
+        yield (rf"({TOK}) dominates the figure; the other tokens are described on their own range", lambda m: self.expect(
             all(t in self.dominant_rule() for t in self.token(m.group(1))), f"{m.group(1)} is said to dominate"))
 
         def profile(m):
@@ -922,19 +912,20 @@ class Reader:
                 self.expect(close(m.group("median"), np.nanmean(self.median[a:b + 1])), "anomaly median")
         tail = r"(?:at layer (?P<at>\d+)|from layer (?P<first>\d+) to (?P<last>\d+))"
         toks = rf"((?:{TOK}(?:, | and )?)+?)"
-        eat(rf"{toks} (?:has|share) a depth profile unlike the other tokens': {tail} (?:it stays|they stay) (?P<dir>above|below) the others \(mean (?P<mean>{NUM}) against a median of (?P<median>{NUM})\)", profile)
-        eat(rf"{toks} (?:has|share) a depth profile unlike the other tokens'\.(?P<dir>)(?P<at>)(?P<first>)(?P<last>)(?P<mean>)(?P<median>)", profile)
+        yield (rf"{toks} (?:has|share) a depth profile unlike the other tokens': {tail} (?:it stays|they stay) (?P<dir>above|below) the others \(mean (?P<mean>{NUM}) against a median of (?P<median>{NUM})\)", profile)
+        yield (rf"{toks} (?:has|share) a depth profile unlike the other tokens'\.(?P<dir>)(?P<at>)(?P<first>)(?P<last>)(?P<mean>)(?P<median>)", profile)
 
         def nothing_stands_out(m):
             self.expect(not self.stands[:, self.kept].any(), "a token stands out but the summary says none")
-        eat(r"No token stands out from the other tokens of its layer[^.]*?at any layer", nothing_stands_out)
-        eat(r"No token stands out from the others at any layer", nothing_stands_out)
+        yield (r"No token stands out from the other tokens of its layer[^.]*?at any layer", nothing_stands_out)
+        yield (r"No token stands out from the others at any layer", nothing_stands_out)
 
         def flat(m):
             self.expect(np.nanmin(self.v) == np.nanmax(self.v) and close(m.group(1), np.nanmin(self.v)), "constant")
-        eat(rf"Every cell(?: with a value)? has the same value, ({NUM})", flat)
+        yield (rf"Every cell(?: with a value)? has the same value, ({NUM})", flat)
 
-        # known phenomena, re-derived from the raw values with the documented rules
+    def _claims_phenomena(self):
+        """Known phenomena, re-derived from the raw values with the documented rules."""
         spans_of = self.spans_of
 
         def stated_spans(text: str) -> list[tuple[int, int]]:
@@ -953,7 +944,7 @@ class Reader:
             self.expect(stated_spans(m.group("spans")) == spans_of(rows), "sink layers")
             role = m.group("role") or ""
             self.expect(("first" not in role or t == 0) and ("special" not in role or self.special[t]), "sink role")
-        eat(rf"(?P<tok>{TOK})(?P<role>, (?:the first|a whitespace|a delimiter|a special) token,)? takes (?P<lo>{NUM})–(?P<hi>{NUM}) of the attention at (?P<spans>(?:layers? )?[\d–, and]+?) \(mean (?P<mean>{NUM}), against a layer median of (?P<med>{NUM})\)\.", sink)
+        yield (rf"(?P<tok>{TOK})(?P<role>, (?:the first|a whitespace|a delimiter|a special) token,)? takes (?P<lo>{NUM})–(?P<hi>{NUM}) of the attention at (?P<spans>(?:layers? )?[\d–, and]+?) \(mean (?P<mean>{NUM}), against a layer median of (?P<med>{NUM})\)\.", sink)
 
         runs_at = r"(?:layers?) \d+(?:–\d+)?(?:(?: and |, )\d+(?:–\d+)?)*"
 
@@ -968,7 +959,7 @@ class Reader:
                     self.expect(stated_spans(ref.group(2)) == spans_of(rows), "sink layers")
                 elif "through most" in ref.group(0):
                     self.expect(len(rows) >= 0.6 * self.n_layers, "sink through most of the depth")
-        eat(rf"{TOK} is an attention sink(?: through most of the depth| at {runs_at})(?:,? (?:and )?{TOK} at {runs_at})*\.", sink_lead)
+        yield (rf"{TOK} is an attention sink(?: through most of the depth| at {runs_at})(?:,? (?:and )?{TOK} at {runs_at})*\.", sink_lead)
 
         def strongest(t):
             runs = self.massive[t]["runs"]
@@ -1016,8 +1007,8 @@ class Reader:
                 self.expect(early is None, "an early phase is not said")
             if m.group("spans"):
                 self.expect(stated_spans(m.group("spans")) == [(self.layers[a], self.layers[b]) for a, b in self.massive[t]["runs"]], "writes")
-        eat(rf"(?P<tok>{TOK})(?: holds (?P<elo>{NUM})–(?P<ehi>{NUM})x the layer's median at layers? (?P<ea>\d+)(?:–(?P<eb>\d+))?, then)? (?:jumps from (?P<before>{NUM}) to (?P<peak>{NUM}) at layer (?P<onset>\d+)|reaches (?P<peak2>{NUM}) at layer (?P<pl2>\d+))(?: \((?P<ratio_at>{NUM})x the layer's median\)|, peaks at (?P<ratio>{NUM})x the layer's median at layer (?P<pl>\d+)), stays above half of that up to layer (?P<end>\d+)(?: and is down to (?P<lv>{NUM}) at layer (?P<ll>\d+)|; at layer (?P<ll2>\d+) it is (?P<lv2>{NUM}), (?P<lr2>{NUM})x the layer's median)?\.(?P<spans>)", massive)
-        eat(rf"The (?:MLP|attention sublayer) writes (?P<peak>{NUM}) into (?P<tok>{TOK}) at layer (?P<pl>\d+), (?P<ratio>{NUM})x the layer's median(?:; it writes at least 10x the median into it at (?P<spans>[^.]+))?\.(?P<onset>)(?P<before>)(?P<end>)(?P<lv>)(?P<ll>)", massive)
+        yield (rf"(?P<tok>{TOK})(?: holds (?P<elo>{NUM})–(?P<ehi>{NUM})x the layer's median at layers? (?P<ea>\d+)(?:–(?P<eb>\d+))?, then)? (?:jumps from (?P<before>{NUM}) to (?P<peak>{NUM}) at layer (?P<onset>\d+)|reaches (?P<peak2>{NUM}) at layer (?P<pl2>\d+))(?: \((?P<ratio_at>{NUM})x the layer's median\)|, peaks at (?P<ratio>{NUM})x the layer's median at layer (?P<pl>\d+)), stays above half of that up to layer (?P<end>\d+)(?: and is down to (?P<lv>{NUM}) at layer (?P<ll>\d+)|; at layer (?P<ll2>\d+) it is (?P<lv2>{NUM}), (?P<lr2>{NUM})x the layer's median)?\.(?P<spans>)", massive)
+        yield (rf"The (?:MLP|attention sublayer) writes (?P<peak>{NUM}) into (?P<tok>{TOK}) at layer (?P<pl>\d+), (?P<ratio>{NUM})x the layer's median(?:; it writes at least 10x the median into it at (?P<spans>[^.]+))?\.(?P<onset>)(?P<before>)(?P<end>)(?P<lv>)(?P<ll>)", massive)
 
         def massive_lead(m):
             ref = m.group("tok") or m.group("into")
@@ -1030,7 +1021,7 @@ class Reader:
             self.expect(close(m.group("ratio"), self.massive[t]["ratio"][peak]) and self.row(m.group("at")) == peak, "massive lead")
             if m.group("more"):
                 self.expect(int(m.group("more")) == len(self.massive) - 1, "other massive tokens")
-        eat(rf"(?:(?P<tok>{TOK}) carries a massive activation|The (?:MLP|attention sublayer) writes a massive update into "
+        yield (rf"(?:(?P<tok>{TOK}) carries a massive activation|The (?:MLP|attention sublayer) writes a massive update into "
             rf"(?P<into>{TOK})): (?P<ratio>{NUM})x the layer's median at layer (?P<at>\d+)(?:, and (?P<more>\d+) other tokens? at "
             r"least 10x)?\.", massive_lead)
 
@@ -1039,11 +1030,13 @@ class Reader:
             self.expect(k == int(m.group("k2")) == len(self.edge), "edge size")
             ends = [self.token(m.group("a"))[:1], self.token(m.group("b"))[:1]]
             self.expect(ends == [[self.edge[0]], [self.edge[-1]]], "edge positions")
-        eat(rf"The (?:last|first) (?P<k>\d+) positions, (?P<a>{TOK}) to (?P<b>{TOK}), (?:are seen by|can see only themselves and the tokens before them,) (?P<k2>\d+) or fewer", edge)
-        eat(r"What follows leaves these (\d+) cells out", lambda m: self.expect(int(m.group(1)) == int(self.aside.sum()), f"{int(self.aside.sum())} cells are left out, not {m.group(1)}"))
-        eat(r"^- \*[A-Z][a-z ]+\*(?: \([^)]*\))?: ", lambda m: None, re.M)
+        yield (rf"The (?:last|first) (?P<k>\d+) positions, (?P<a>{TOK}) to (?P<b>{TOK}), (?:are seen by|can see only themselves and the tokens before them,) (?P<k2>\d+) or fewer", edge)
+        yield (r"What follows leaves these (\d+) cells out", lambda m: self.expect(int(m.group(1)) == int(self.aside.sum()), f"{int(self.aside.sum())} cells are left out, not {m.group(1)}"))
+        yield (r"^- \*[A-Z][a-z ]+\*(?: \([^)]*\))?: ", lambda m: None, re.M)
 
-        # when lens predictions settle
+    def _claims_settling(self):
+        """When lens predictions settle."""
+        text = self.text
         rank = self.metric == "logit-lens-rank"
 
         def settled(t) -> int | None:
@@ -1079,9 +1072,9 @@ class Reader:
             self.expect(m.group("when") == where, f"settle {m.group('when')} but {where}")
             self.expect(int(m.group("k")) == len(done) and int(m.group("n")) == len(positions), "settled count")
             self.expect(int(m.group("drops") or 0) == len(drops), "late drops count")
-        eat(r"(?P<k>\d+) of the (?P<n>\d+) predictions settle (?P<when>late|early|midway), at layer (?P<median>\d+) in the median \(they reach (?:rank 1|0\.5) there and hold it to the last layer\)(?:, and (?P<drops>\d+) falls? back in the last layers)?\.", lens_lead)
-        eat(r"No prediction settles: none of the (\d+) holds (?:rank 1|0\.5) to the last layer", lambda m: self.expect(not done and int(m.group(1)) == len(positions), "nothing settles"))
-        eat(r"None of the (\d+) predictions reaches (?:rank 1|0\.5) and holds it to layer (\d+)", lambda m: self.expect(not done and int(m.group(1)) == len(positions), "nothing settles"))
+        yield (r"(?P<k>\d+) of the (?P<n>\d+) predictions settle (?P<when>late|early|midway), at layer (?P<median>\d+) in the median \(they reach (?:rank 1|0\.5) there and hold it to the last layer\)(?:, and (?P<drops>\d+) falls? back in the last layers)?\.", lens_lead)
+        yield (r"No prediction settles: none of the (\d+) holds (?:rank 1|0\.5) to the last layer", lambda m: self.expect(not done and int(m.group(1)) == len(positions), "nothing settles"))
+        yield (r"None of the (\d+) predictions reaches (?:rank 1|0\.5) and holds it to layer (\d+)", lambda m: self.expect(not done and int(m.group(1)) == len(positions), "nothing settles"))
         def settled_count(m):
             self.expect(int(m.group(1)) == len(done) and int(m.group(2)) == len(positions)
                         and self.row(m.group(3)) == self.n_layers - 1, "settled count")
@@ -1090,20 +1083,20 @@ class Reader:
                 self.expect(len(stated) == len(done) <= 4, "every settled prediction named")
                 for ts, layer in stated:
                     self.expect(bool(ts) and settle.get(ts[0]) is not None and self.layers[settle[ts[0]]] == layer, "settling layer")
-        eat(rf"(\d+) of the (\d+) predictions reach (?:rank 1|0\.5) and hold it to layer (\d+)(?:: (?P<list>(?:{TOK} from layer \d+(?:; )?)+))?", settled_count)
+        yield (rf"(\d+) of the (\d+) predictions reach (?:rank 1|0\.5) and hold it to layer (\d+)(?:: (?P<list>(?:{TOK} from layer \d+(?:; )?)+))?", settled_count)
 
         def few(m):
             self.expect(int(m.group(1)) == len(done) and int(m.group(2)) == len(positions) and 4 * len(done) < len(positions), "few settle")
             self.expect(int(m.group(3) or 0) == len(drops), "late drops count")
-        eat(r"Few predictions settle: (\d+) of the (\d+) reach (?:rank 1|0\.5) and hold it to the last layer(?:, and (\d+) falls? back in the last layers)?\.", few)
+        yield (r"Few predictions settle: (\d+) of the (\d+) reach (?:rank 1|0\.5) and hold it to the last layer(?:, and (\d+) falls? back in the last layers)?\.", few)
 
         def earliest(m):
             stated = [(self.token(a)[:1], int(b)) for a, b in re.findall(rf"({TOK}) from layer (\d+)", m.group(1))]
             for (ts, layer), (r, t) in zip(stated, done):
                 self.expect(ts == [t] or settle.get(ts[0] if ts else -1) == r, f"earliest settling: {self.labels[t]}")
                 self.expect(ts and settle.get(ts[0]) is not None and self.layers[settle[ts[0]]] == layer, "settling layer")
-        eat(rf"The earliest to settle: ((?:{TOK} from layer \d+(?:; )?)+)\.", earliest)
-        eat(rf"(?:Those that settle|The one that settles): (?P<list>(?:{TOK} from layer \d+(?:; )?)+)\.", lambda m: settled_count(
+        yield (rf"The earliest to settle: ((?:{TOK} from layer \d+(?:; )?)+)\.", earliest)
+        yield (rf"(?:Those that settle|The one that settles): (?P<list>(?:{TOK} from layer \d+(?:; )?)+)\.", lambda m: settled_count(
             _Fixed(m, {1: str(len(done)), 2: str(len(positions)), 3: str(self.layers[-1])})))
 
         def last_only(m):
@@ -1112,7 +1105,7 @@ class Reader:
             if m.group(2):
                 n_last = sum(1 for r, _ in done if r == self.n_layers - 1)
                 self.expect(int(m.group(2)) == n_last - len(self.tokens(m.group(1))), "others at the last layer")
-        eat(rf"Only at the last layer: ((?:{TOK}(?:, | and )?)+?)(?:,? and (\d+) others)?\.", last_only)
+        yield (rf"Only at the last layer: ((?:{TOK}(?:, | and )?)+?)(?:,? and (\d+) others)?\.", last_only)
 
         def late_drop(ref, peak, peak_layer, last, last_layer):
             (t,) = self.token(ref)[:1] or [None]
@@ -1122,22 +1115,50 @@ class Reader:
             p, fall = drop(t)
             self.expect(close(peak, self.raw[p, t]) and self.row(peak_layer) == p, "drop peak")
             self.expect(close(last, self.raw[-1, t]) and self.row(last_layer) == self.n_layers - 1, "drop end")
-        eat(rf"({TOK}) falls from ({NUM}) at layer (\d+) to ({NUM}) at layer (\d+)\.",  # (a --json sentence)
+        yield (rf"({TOK}) falls from ({NUM}) at layer (\d+) to ({NUM}) at layer (\d+)\.",  # (a --json sentence)
             lambda m: late_drop(*m.groups()))
 
         last_layer = re.search(r"Some fall back by layer (\d+), as the logit lens often shows", text)
-        eat(r"Some fall back by layer (\d+), as the logit lens often shows", lambda m: None)
+        yield (r"Some fall back by layer (\d+), as the logit lens often shows", lambda m: None)
 
         def late_drops(m):
             for r in re.finditer(rf"({TOK}) from ({NUM}) at layer (\d+) to ({NUM})(?=, | and |$)", m.group("items")):
                 late_drop(*r.groups(), last_layer.group(1))
             if m.group("more"):
                 self.expect(int(m.group("more")) == len(drops) - 3, "more drops")
-        eat(rf"(?<=\)): (?P<items>(?:{TOK} from {NUM} at layer \d+ to {NUM}(?:, | and )?)+)"
+        yield (rf"(?<=\)): (?P<items>(?:{TOK} from {NUM} at layer \d+ to {NUM}(?:, | and )?)+)"
             r"(?:; (?P<more>\d+) more falls? by 0\.3 or more)?\.$", late_drops, re.M)
-        eat(r"(?:Single cells|The cells) that stand out most from their layer: (?P<items>.*?)(?:, and (?P<more>\d+) more tokens?)?\.$", shown, re.M)
+        def shown(m):
+            named = []
+            for p in re.finditer(rf"({TOK}) at layer (\d+) \((p = )?({NUM}) against (?:a median of )?({NUM})\)", m.group("items")):
+                if not p.group(3):
+                    named.append(self.check_peak(p.group(1), p.group(2), p.group(4), p.group(5)))
+                    continue
+                (t,) = self.token(p.group(1))[:1] or [0]  # a lens cell by its probability, and the layer's median
+                r = self.row(p.group(2))
+                median = np.median(self.raw[r][self.valid[r] & self.kept])
+                self.expect(self.metric in LENSES and close(p.group(4), self.raw[r, t]) and close(p.group(5), median),
+                            f"{p.group(1)}: probability at layer {p.group(2)}")
+                self.check_peak_at(p.group(1), p.group(2))
+                named.append(t)
+            described = set(self.listed_runs) | (set(settle) - {t for t, r in settle.items() if r is None} | set(drops)
+                                            if self.metric in LENSES else set())
+            self.expect(self.metric != "logit-lens-rank", "a rank figure names no highlight")
+            peaking = [t for t in range(self.n_tokens) if self.kept[t] and self.valid[:, t].any()
+                       and self.stands[self.peak_row(t), t] and t not in described
+                       and (self.metric != "logit-lens" or self.raw[self.peak_row(t), t] >= 0.1 - 1e-9)]
+            self.expect(not set(named) & described, "a highlight repeats a token described above")
+            strength = {t: self.contrast[self.peak_row(t), t] for t in peaking}
+            weakest = min((strength.get(t, np.inf) for t in named), default=np.inf)
+            self.expect(all(strength[t] <= weakest + 1e-9 for t in peaking if t not in named),
+                        "a stronger highlight is left out")
+            more = int(m.group("more")) if m.group("more") else 0
+            self.expect(len(peaking) == len(named) + more, f"{len(peaking)} tokens stand out, not {len(named) + more}")
+        yield (r"(?:Single cells|The cells) that stand out most from their layer: (?P<items>.*?)(?:, and (?P<more>\d+) more tokens?)?\.$", shown, re.M)
 
-        # entropy that grows along the text: Spearman's rho of position and token mean, the edge left out
+    def _claims_entropy(self):
+        """Entropy that grows along the text: Spearman's rho of position and token mean, the edge left out."""
+        text = self.text
         if self.metric == "attention-entropy":
             keep = [t for t in range(self.n_tokens) if t not in self.edge and not np.isnan(self.raw[:, t]).all()]
             means = quiet(np.nanmean, self.raw[:, keep], axis=0)
@@ -1150,25 +1171,20 @@ class Reader:
                         f"entropy along the text (rho {rho})")
             for m in re.finditer(rf"(?:Spearman's ρ between a token's position and its mean entropy is|ρ =) ({NUM})", text):
                 self.expect(rho is not None and close(m.group(1), rho), f"rho {m.group(1)} is not {rho}")
-            eat(rf"(?:Spearman's ρ between a token's position and its mean entropy is|\(ρ =) {NUM}|at most t \+ 1 tokens", lambda m: None)
+            yield (rf"(?:Spearman's ρ between a token's position and its mean entropy is|\(ρ =) {NUM}|at most t \+ 1 tokens", lambda m: None)
 
-        # interventions: what was corrupted and restored, the two runs' values, ROME's sites
+    def _claims_trace(self):
+        """Interventions: what was corrupted and restored, the two runs' values, ROME's sites."""
         if self.metric in TRACES and self.reference() is not None:
-            self.check_trace(eat)
+            yield from self._trace_claims()
 
-        # interpretation: what it names must be what the phenomena found
-        eat(r"A first-token sink is where causal models", lambda m: self.expect(0 in self.sinks, "first-token sink"))
-        eat(rf"((?:{TOK}(?:, | and )?)+) (?:is a sink|are sinks) away from the first position", lambda m: self.expect(
+    def _claims_interpretation(self):
+        """Interpretation: what it names must be what the phenomena found."""
+        yield (r"A first-token sink is where causal models", lambda m: self.expect(0 in self.sinks, "first-token sink"))
+        yield (rf"((?:{TOK}(?:, | and )?)+) (?:is a sink|are sinks) away from the first position", lambda m: self.expect(
             all(t in self.sinks and t != 0 for t in self.tokens(m.group(1))), "sinks away from the first position"))
-        eat(rf"act as attention sinks, so ((?:{TOK}(?:, | and )?)+) likely", lambda m: self.expect(
+        yield (rf"act as attention sinks, so ((?:{TOK}(?:, | and )?)+) likely", lambda m: self.expect(
             all(t in self.massive for t in self.tokens(m.group(1))), "massive tokens"))
-
-        # what remains must state nothing: no number, no token
-        rest = re.sub(r"0–1|^\d+\. ", " ", consumed, flags=re.M)
-        for m in re.finditer(r"`[^`\n]*`|\d", rest):
-            context = rest[max(0, m.start() - 60):m.end() + 60].replace("\n", " ")
-            self.fail(f"unchecked claim {m.group(0)!r} in: ...{context}...")
-        return self.problems
 
 
 def check_summary(text: str, values, layers, labels, raw=None, special=None, kinds=None, model=None,

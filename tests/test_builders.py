@@ -4,20 +4,18 @@ ProperDocs (the plugin) and a bare `markdown.Markdown`, each checked for its fig
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sites import make_site, mkdocs
 
 from mkdocs_layerheat.cli import main
 from mkdocs_layerheat.extension import StrictError
 
-BIN = Path(sys.executable).parent
 PAGE = """# Index
 
 Some text.
@@ -44,29 +42,19 @@ metric: atention
 ```
 """
 SECOND = "# Second\n\n```layerheat\nmodel: tiny\ntext: 'A second page.'\nmetric: update\n```\n"
-ENV = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 def site(root: Path, model: Path, builder: str) -> Path:
-    (root / "docs").mkdir(parents=True)
-    (root / "docs" / "index.md").write_text(PAGE)
-    (root / "docs" / "second.md").write_text(SECOND)
-    options = f"models: {{tiny: '{model}'}}"
-    if builder == "zensical":  # the Markdown extension, and the assets `layerheat assets` writes
-        result = CliRunner().invoke(main, ["assets", str(root / "docs" / "assets" / "layerheat")])
-        assert result.exit_code == 0, result.output
-        config = ("extra_javascript: [assets/layerheat/bokeh.min.js, assets/layerheat/layerheat.js]\n"
-                  "extra_css: [assets/layerheat/layerheat.css]\n"
-                  f"markdown_extensions:\n  - admonition\n  - pymdownx.superfences\n  - layerheat:\n      {options}\n")
-    else:
-        config = f"theme:\n  name: mkdocs\nmarkdown_extensions: [admonition]\nplugins:\n  - layerheat:\n      {options}\n"
-    (root / "mkdocs.yml").write_text(f"site_name: t\nsite_url: https://example.org/\n{config}")
-    return root
+    """Zensical: the Markdown extension and its assets; the others: the plugin."""
+    zensical = builder == "zensical"
+    return make_site(root, {"index.md": PAGE, "second.md": SECOND}, {"tiny": model},
+                     config="site_url: https://example.org/\n" + ("" if zensical else "theme:\n  name: mkdocs\n"),
+                     extensions=("admonition", "pymdownx.superfences") if zensical else ("admonition",),
+                     plugin=not zensical, extension=zensical)
 
 
 def build(root: Path, builder: str, *args: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / builder), "build", *args], cwd=root, capture_output=True, text=True,
-                          env={**ENV, **(env or {})})
+    return mkdocs(root, *args, env=env, builder=builder)
 
 
 @pytest.fixture(scope="module", params=["zensical", "properdocs"])

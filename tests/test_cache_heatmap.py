@@ -190,12 +190,13 @@ def assert_same_heatmap(a: Heatmap, b: Heatmap):
 
 
 def test_cache_round_trip(tmp_path, heatmap):
-    cache = Cache(tmp_path / "cache")
+    problems = []
+    cache = Cache(tmp_path / "cache", warn=problems.append)
     key = cache_key("local:abc", "naïve\tx", "attention")
     assert cache.get(key) is None
     cache.put(key, heatmap)
     assert_same_heatmap(Cache(tmp_path / "cache").get(key), heatmap)
-    assert cache.problems == []
+    assert problems == []
     # one file per entry, nothing temporary left behind
     files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     assert [p.name for p in files] == [f"{key}.npz"]
@@ -246,42 +247,50 @@ def _entry(cache: Cache, key: str):
 
 
 def test_truncated_entry_is_a_miss_with_a_problem(tmp_path, heatmap):
-    cache = Cache(tmp_path)
+    problems = []
+    cache = Cache(tmp_path, warn=problems.append)
     key = cache_key("fp", "t", "attention")
     cache.put(key, heatmap)
     path = _entry(cache, key)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     assert cache.get(key) is None
-    assert len(cache.problems) == 1 and path.name in cache.problems[0]
+    assert len(problems) == 1 and path.name in problems[0]
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage, not a zip file", b"PK\x03\x04" + b"\x00" * 40])
 def test_garbage_entry_is_a_miss_with_a_problem(tmp_path, heatmap, content):
-    cache = Cache(tmp_path)
+    problems = []
+    cache = Cache(tmp_path, warn=problems.append)
     key = cache_key("fp", "t", "attention")
     cache.put(key, heatmap)
     _entry(cache, key).write_bytes(content)
     assert cache.get(key) is None
-    assert len(cache.problems) == 1
-    # a fresh put repairs it
+    assert not cache.has(key)
+    assert cache.get(key) is None
+    assert len(problems) == 1  # said once, however often it is looked at
+    # a fresh put repairs it; a later fault is said again
     cache.put(key, heatmap)
     assert_same_heatmap(cache.get(key), heatmap)
+    _entry(cache, key).write_bytes(content)
+    assert cache.get(key) is None and len(problems) == 2
 
 
 def test_entry_stored_under_another_key_is_rejected(tmp_path, heatmap):
-    cache = Cache(tmp_path)
+    problems = []
+    cache = Cache(tmp_path, warn=problems.append)
     key, other = cache_key("fp", "t", "attention"), cache_key("fp", "t", "hidden-norm")
     cache.put(key, heatmap)
     target = tmp_path / other[:2] / f"{other}.npz"
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(_entry(cache, key), target)
     assert cache.get(other) is None
-    assert len(cache.problems) == 1
+    assert len(problems) == 1
 
 
 def test_npz_with_wrong_contents_is_rejected(tmp_path):
-    cache = Cache(tmp_path)
+    problems = []
+    cache = Cache(tmp_path, warn=problems.append)
     key = cache_key("fp", "t", "attention")
     path = tmp_path / key[:2] / f"{key}.npz"
     path.parent.mkdir(parents=True)
@@ -290,7 +299,7 @@ def test_npz_with_wrong_contents_is_rejected(tmp_path):
     with open(path, "wb") as fh:
         np.savez(fh, values=np.zeros((1, 3), dtype=np.float32), meta=encoded)  # 3 values for 2 tokens
     assert cache.get(key) is None
-    assert len(cache.problems) == 1
+    assert len(problems) == 1
 
 
 def test_cache_lock(tmp_path):

@@ -4,51 +4,34 @@ instant navigation and the palette toggle."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from browserkit import ARTIFACTS, plot_pixels, serve, wait_for_figures
-from click.testing import CliRunner
-
-from mkdocs_layerheat.cli import main
+from sites import make_site, mkdocs
 
 PAGE = "# {title}\n\n```layerheat\nmodel: tiny\ntext: '{text}'\nmetric: {metric}\n```\n"
-CONFIG = """site_name: layerheat under {builder}
-extra_javascript: [assets/layerheat/bokeh.min.js, assets/layerheat/layerheat.js]
-extra_css: [assets/layerheat/layerheat.css]
-nav: [index.md, second.md]
+THEME = """nav: [index.md, second.md]
 theme:
   name: material
   font: false  # no Google Fonts: the site works offline
   features: [navigation.instant]
   palette:
     - scheme: default
-      toggle: {{icon: material/brightness-7, name: Dark mode}}
+      toggle: {icon: material/brightness-7, name: Dark mode}
     - scheme: slate
-      toggle: {{icon: material/brightness-4, name: Light mode}}
-markdown_extensions:
-  - layerheat:
-      models: {{tiny: '{model}'}}
-plugins:
-  - layerheat:
-      models: {{tiny: '{model}'}}
+      toggle: {icon: material/brightness-4, name: Light mode}
 """
 
 
 @pytest.fixture(scope="module", params=["zensical", "properdocs"])
 def built_site(request, llama_model, tmp_path_factory):
+    """One configuration for both: the Markdown extension (which Zensical reads) and the plugin (ProperDocs)."""
     builder = request.param
-    root = tmp_path_factory.mktemp(f"{builder}-site")
-    (root / "docs").mkdir()
-    (root / "docs" / "index.md").write_text(PAGE.format(title="First", text="The fox looks back.", metric="attention"))
-    (root / "docs" / "second.md").write_text(PAGE.format(title="Second", text="A second page.", metric="[attention, update]"))
-    assert CliRunner().invoke(main, ["assets", str(root / "docs" / "assets" / "layerheat")]).exit_code == 0
-    (root / "mkdocs.yml").write_text(CONFIG.format(builder=builder, model=llama_model.path))
-    command = [str(Path(sys.executable).parent / builder), "build"] + (["-f", "mkdocs.yml"] if builder == "properdocs" else [])
-    result = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    pages = {"index.md": PAGE.format(title="First", text="The fox looks back.", metric="attention"),
+             "second.md": PAGE.format(title="Second", text="A second page.", metric="[attention, update]")}
+    root = make_site(tmp_path_factory.mktemp(f"{builder}-site"), pages, {"tiny": llama_model.path},
+                     site_name=f"layerheat under {builder}", config=THEME, extension=True)
+    result = mkdocs(root, *(["-f", "mkdocs.yml"] if builder == "properdocs" else []), builder=builder)
     assert result.returncode == 0, result.stderr
     with serve(root / "site") as url:
         yield builder, url

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 from browserkit import TOOLTIP_JS, serve, wait_for_figures
 from samples import NASTY, NASTY_BLOCK
+from sites import make_site, mkdocs
 
 from mkdocs_layerheat.labels import display_labels
 
@@ -28,16 +27,9 @@ metric: hidden-norm
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, llama_model):
-    root = tmp_path_factory.mktemp("attacks")
-    (root / "docs").mkdir()
-    (root / "docs" / "index.md").write_text(PAGE)
-    (root / "mkdocs.yml").write_text(
-        "site_name: t\ntheme: {name: material, font: false}\n"
-        f"plugins:\n  - layerheat:\n      models: {{tiny: '{llama_model.path}'}}\n"
-    )
-    env = {"PATH": "/usr/bin:/bin", "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1"}
-    build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "-q"], cwd=root, capture_output=True, text=True,
-                           env=env)
+    root = make_site(tmp_path_factory.mktemp("attacks"), {"index.md": PAGE}, {"tiny": llama_model.path},
+                     config="theme: {name: material, font: false}\n")
+    build = mkdocs(root, "-q")
     assert build.returncode == 0 and "WARNING" not in build.stderr, build.stderr
     with serve(root / "site") as url:
         yield url

@@ -7,14 +7,12 @@ Screenshots go to tests/artifacts/theme-*.png (git-ignored) for a person to look
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from browserkit import ARTIFACTS, plot_pixels, serve, tooltip, wait_for_figures
+from sites import make_site, mkdocs
 
 from mkdocs_layerheat.figure import figure_height
 
@@ -49,16 +47,10 @@ def theme_sites(llama_model, tmp_path_factory):
     """One built site per theme, served on localhost: {theme: url}."""
     sites = {}
     root = tmp_path_factory.mktemp("theme-sites")
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     for theme, config in THEMES.items():
-        project = root / theme
-        (project / "docs").mkdir(parents=True)
-        (project / "docs" / "index.md").write_text(PAGE, encoding="utf-8")
-        (project / "mkdocs.yml").write_text(
-            f"site_name: layerheat in {theme}\ntheme:\n{config}"
-            f"plugins:\n  - search\n  - layerheat:\n      models: {{tiny: '{llama_model.path}'}}\n", encoding="utf-8")
-        build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q"], cwd=project,
-                               capture_output=True, text=True, env=env)
+        project = make_site(root / theme, {"index.md": PAGE}, {"tiny": llama_model.path},
+                            site_name=f"layerheat in {theme}", config=f"theme:\n{config}", plugins=("search",))
+        build = mkdocs(project, "--strict", "-q")
         assert build.returncode == 0, build.stderr
         sites[theme] = project / "site"
     with serve(root) as url:
