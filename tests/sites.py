@@ -20,10 +20,6 @@ ENV = {"PATH": "/usr/bin:/bin", "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1
        "SOURCE_DATE_EPOCH": "1700000000"}  # MkDocs stamps each page with the build date otherwise
 
 
-ASSETS_CONFIG = ("extra_javascript: [assets/layerheat/bokeh.min.js, assets/layerheat/layerheat.js]\n"
-                 "extra_css: [assets/layerheat/layerheat.css]\n")  # what `layerheat assets` says to add
-
-
 def make_site(root: Path, pages: dict[str, str], models: dict[str, str | Path], *, site_name: str = "t",
               config: str = "", extensions: tuple[str, ...] = (), plugins: tuple[str, ...] = (), plugin: bool = True,
               extension: bool = False, **options) -> Path:
@@ -46,7 +42,7 @@ def make_site(root: Path, pages: dict[str, str], models: dict[str, str | Path], 
 
         result = CliRunner().invoke(main, ["assets", str(root / "docs" / "assets" / "layerheat")])
         assert result.exit_code == 0, result.output
-        config += ASSETS_CONFIG
+        config += result.output.split("\n", 1)[1]  # the lines it says to add to mkdocs.yml
 
     def section(name: str, others: tuple[str, ...], with_ours: bool) -> str:
         items = "".join(f"  - {other}\n" for other in others) + (ours if with_ours else "")
