@@ -251,8 +251,8 @@ def merge(config_file: Path, folders: tuple[Path, ...]) -> None:
 @cache.command()
 @_config_option
 def prune(config_file: Path) -> None:
-    """Remove the entries that no page of the site uses, temporary files left by killed builds, and rendered HTML
-    (rebuilt on the next build)."""
+    """Remove the entries that no page of the site uses, temporary files left by killed builds, and the rendered
+    figures and records of pages (drawn again on the next build)."""
     import shutil
 
     from .cache import Cache
@@ -265,7 +265,8 @@ def prune(config_file: Path) -> None:
     stale = [p for p in store.entries() if p.stem not in used]
     for path in stale:
         path.unlink()
-    shutil.rmtree(store.directory / "rendered", ignore_errors=True)
+    for drawn in ("rendered", "pages"):
+        shutil.rmtree(store.directory / drawn, ignore_errors=True)
     converted = {store.converted_dir(f) for f in found.fingerprints.values()}
     for folder in (store.directory / "converted").glob("*"):
         if folder not in converted:

@@ -17,8 +17,8 @@ from types import SimpleNamespace
 from markdown import Extension
 from markdown.preprocessors import Preprocessor
 
-from .directives import find_blocks, replace_blocks
-from .figures import ASSET_DIR, Figures, settings
+from .directives import find_blocks
+from .figures import ASSET_DIR, Figures, Page, settings
 from .render import Renderer, assets
 
 _STAGES: dict[str, tuple[Figures, dict]] = {}  # one stage per site (project folder and options), per process
@@ -100,16 +100,9 @@ class LayerheatPreprocessor(Preprocessor):
         if not blocks:
             return lines
         stage, site = self._stage()
-        stage.parsed.clear()  # `zensical serve` keeps the process: a `text_file` may have changed since
-        page = self._page(site)
-        stage.plan([text])  # this page's blocks that the site's plan did not hold (a bare Markdown: all)
-        numbers = {block.line: n for n, block in enumerate(blocks, start=1)}
-
-        def figure(block) -> str:
-            html = stage.html(block, page, numbers[block.line])
-            return "\n" + block.indent + self.md.htmlStash.store(html) + "\n"
-
-        out = replace_blocks(text, blocks, figure)
+        stage.forget()  # `zensical serve` keeps the process: a `text_file` or a model may have changed since
+        out = stage.page(Page(text, self._page(site)),
+                         lambda block, html: "\n" + block.indent + self.md.htmlStash.store(html) + "\n")
         if site["strict"] and stage.failures:
             _fail(stage, site)
         return out.split("\n")
@@ -135,11 +128,10 @@ class LayerheatPreprocessor(Preprocessor):
         if zensical is not None and docs.is_dir():
             pages = {os.path.relpath(p, base): p.read_text(encoding="utf-8", errors="replace")
                      for p in sorted(docs.rglob("*.md"))}
-            stage.plan(pages.values())
+            stage.plan(Page(markdown, name) for name, markdown in pages.items())
             if site["strict"]:  # try every block of the site now: the build fails below, on the first page
                 for name, markdown in pages.items():
-                    for n, block in enumerate(find_blocks(markdown), start=1):
-                        stage.html(block, name, n)
+                    stage.page(Page(markdown, name))
             _check_assets(docs, stage.log)
         return stage, site
 

@@ -78,7 +78,7 @@ class Heatmap:
             "kinds": list(self.kinds),
             **({"token_bytes": list(self.token_bytes)} if self.token_bytes else {}),
             "layers": list(self.layers),
-            "values": [[None if np.isnan(x) else float(x) for x in row] for row in values],
+            "values": [[None if x != x else x for x in row] for row in values.tolist()],  # NaN: null
             "provenance": self.provenance,
             **{k: self.extras[k] for k in EXTRA_KEYS if k in self.extras},
         }

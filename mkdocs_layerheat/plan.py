@@ -78,47 +78,52 @@ class Keys:
     errors: dict[HeatmapSpec, Failure]
 
 
-def keys_for(specs: list[HeatmapSpec], settings: Settings, cache: Cache | None = None) -> Keys:
-    """Cache keys of the specs whose model can be fingerprinted, with their refs, and errors for the others.
+def identify(model: str, settings: Settings, manifest: dict[str, str]) -> tuple[ModelRef | None, str]:
+    """Where a block's model is and its fingerprint. A model that is not on this machine (a cache handed over
+    from another one) is known by the fingerprint `manifest` (the cache's) recorded for the same reference, and
+    has no ref; raises `ModelError` when it is not known either."""
+    try:
+        ref = resolve(model, settings.aliases, settings.base_dir, [settings.base_dir, *settings.model_dirs])
+        return ref, fingerprint(ref, settings.cache_dir / "fingerprints.json")
+    except ModelError as exc:
+        target = settings.aliases.get(model, model)
+        if target not in manifest or isinstance(exc, ModelOutsideError):
+            raise
+        return None, manifest[target]
 
-    A model that is not on this machine (a cache handed over from another one) is known by the
-    fingerprint the cache's manifest recorded for the same reference. `cache`: the build's (by default, the
-    settings' folder).
-    """
+
+def keys_for(specs: list[HeatmapSpec], settings: Settings, cache: Cache | None = None) -> Keys:
+    """Cache keys of the specs whose model can be identified, with their refs, and errors for the others.
+    `cache`: the build's (by default, the settings' folder)."""
     cache = cache or Cache(settings.cache_dir)
     manifest = cache.manifest()
     found = Keys({}, {}, {}, {})
+    models: dict[str, tuple[ModelRef | None, str] | ModelError] = {}  # each model identified once
     by_target: dict[str, str] = {}
-    refs: dict[str, ModelRef | ModelError] = {}  # each reference resolved once
     for spec in dict.fromkeys(specs):
-        target = settings.aliases.get(spec.model, spec.model)
-        try:
-            if spec.model not in refs:
-                try:
-                    refs[spec.model] = resolve(spec.model, settings.aliases, settings.base_dir,
-                                               [settings.base_dir, *settings.model_dirs])
-                except ModelError as exc:
-                    refs[spec.model] = exc
-            ref = refs[spec.model]
-            if isinstance(ref, ModelError):
-                raise ref
-            if target not in by_target:
-                by_target[target] = fingerprint(ref, settings.cache_dir / "fingerprints.json")
-            found.refs[spec], found.fingerprints[ref] = ref, by_target[target]
-        except ModelError as exc:
-            if target not in manifest or isinstance(exc, ModelOutsideError):
-                found.errors[spec] = Failure(str(exc))
-                continue
-            by_target.setdefault(target, manifest[target])
-        found.keys[spec] = cache_key(by_target[target], spec.text, spec.metric, _key_options(spec, settings))
+        if spec.model not in models:
+            try:
+                models[spec.model] = identify(spec.model, settings, manifest)
+            except ModelError as exc:
+                models[spec.model] = exc
+        if isinstance(known := models[spec.model], ModelError):
+            found.errors[spec] = Failure(str(known))
+            continue
+        ref, model_fingerprint = known
+        if ref is not None:
+            found.refs[spec], found.fingerprints[ref] = ref, model_fingerprint
+        by_target[settings.aliases.get(spec.model, spec.model)] = model_fingerprint
+        found.keys[spec] = cache_key(model_fingerprint, spec.text, spec.metric, _key_options(spec, settings))
     if any(manifest.get(t) != f for t, f in by_target.items()):
         cache.save_manifest({**manifest, **by_target})
     return found
 
 
-def run(specs: list[HeatmapSpec], settings: Settings, log=_log, cache: Cache | None = None) -> dict[HeatmapSpec, Outcome]:
+def run(specs: list[HeatmapSpec], settings: Settings, log=_log, cache: Cache | None = None,
+        drawn: int = 0) -> dict[HeatmapSpec, Outcome]:
     """An `Outcome` for every spec: from `cache` (the build's; by default, the settings' folder), or computed
-    now and stored."""
+    now and stored. `drawn`: the build's heatmaps whose figures need no outcome (their pages are unchanged since
+    they were drawn), counted as cached in the log."""
     start = time.perf_counter()
     cache = cache or Cache(settings.cache_dir, warn=log.warning)
     found = keys_for(specs, settings, cache)
@@ -147,11 +152,11 @@ def run(specs: list[HeatmapSpec], settings: Settings, log=_log, cache: Cache | N
             outcomes.update(compute_misses(misses, found, cache, settings, log, cached))
     for model, count in cached.items():
         log.info(f"model {model}: {count} heatmaps, {count} cached")
-    if specs:
+    if specs or drawn:
         computed = sum(o.computed for o in outcomes.values())
         failed = sum(o.error is not None for o in outcomes.values())
         log.info(
-            f"{len(outcomes)} heatmaps, {len(outcomes) - computed - failed} cached, {computed} computed"
+            f"{len(outcomes) + drawn} heatmaps, {len(outcomes) + drawn - computed - failed} cached, {computed} computed"
             + (f", {failed} failed" if failed else "")
             + f" in {time.perf_counter() - start:.1f} s"
         )

@@ -11,13 +11,12 @@ from mkdocs.config import base
 from mkdocs.config import config_options as c
 from mkdocs.plugins import BasePlugin, get_plugin_logger
 from mkdocs.structure.files import File, Files
-from mkdocs.utils import get_relative_url
 
 from . import plan, worker
 from .cache import place
 from .catalog import DTYPES
-from .directives import Block, find_blocks, replace_blocks
-from .figures import ASSET_DIR, STATIC_DIR, Figures, data_path, settings
+from .directives import Block
+from .figures import ASSET_DIR, Figures, Page, settings
 from .render import Renderer, assets
 
 log = get_plugin_logger("layerheat")
@@ -94,24 +93,21 @@ class LayerheatPlugin(BasePlugin[LayerheatConfig]):
             if files.get_file_from_path(f"{ASSET_DIR}/{name}") is not None:
                 files.remove(files.get_file_from_path(f"{ASSET_DIR}/{name}"))
             files.append(File.generated(config, f"{ASSET_DIR}/{name}", content=content))
-        self.stage.plan(file.content_string for file in files.documentation_pages())
+        self.stage.plan(self._page(file, file.content_string) for file in files.documentation_pages())
         return files
 
     def on_page_markdown(self, markdown: str, page, config, files) -> str:
-        blocks = find_blocks(markdown)
-        if not blocks:
-            return markdown
-        page_path = os.path.relpath(page.file.abs_src_path or page.file.src_uri, self.project_dir)
-        numbers = {block.line: n for n, block in enumerate(blocks, start=1)}
+        def placeholder(block: Block, html: str) -> str:  # the HTML goes in after Markdown (on_page_content)
+            name = f"LAYERHEAT{self.nonce}X{len(self.figures)}X"
+            self.figures[name] = html
+            return name
 
-        def figure(block: Block) -> str:
-            placeholder = f"LAYERHEAT{self.nonce}X{len(self.figures)}X"
-            self.figures[placeholder] = self.stage.html(
-                block, page_path, numbers[block.line], lambda key: get_relative_url(data_path(key), page.url),
-                lambda name: get_relative_url(f"{STATIC_DIR}/{name}", page.url))
-            return placeholder
+        return self.stage.page(self._page(page.file, markdown), placeholder)
 
-        return replace_blocks(markdown, blocks, figure)
+    def _page(self, file: File, markdown: str) -> Page:
+        """A page for the stage: named by its path in the project, linking from its file's URL (the home page's
+        is `./` where the page's is empty: the same links, and the same record of its figures)."""
+        return Page(markdown, os.path.relpath(file.abs_src_path or file.src_uri, self.project_dir), file.url)
 
     def on_page_content(self, html: str, page, config, files) -> str:
         if f"LAYERHEAT{self.nonce}" not in html:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
 
-from .cache import source_hash
+from .cache import installed_version, source_hash
 from .catalog import METRICS
 from .labels import bytes_text
 
@@ -58,15 +57,14 @@ def template_dir() -> Path:
 
 def data_csv(heatmap: Heatmap) -> str:
     """The raw matrix in long form, one row per cell: position, token, layer, value (empty where undefined)."""
+    tokens = [bytes_text(bytes.fromhex(part)) if part else token  # part of a character: its bytes, ⟨E2 80⟩
+              for token, part in zip(heatmap.tokens, heatmap.token_bytes or [""] * len(heatmap.tokens))]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["position", "token", "layer", heatmap.metric])
-    for row, layer in enumerate(heatmap.layers):
-        for position, token in enumerate(heatmap.tokens):
-            if heatmap.token_bytes and heatmap.token_bytes[position]:  # part of a character: its bytes, ⟨E2 80⟩
-                token = bytes_text(bytes.fromhex(heatmap.token_bytes[position]))
-            value = heatmap.values[row, position]
-            writer.writerow([position, token, layer, "" if value != value else f"{value:.7g}"])
+    writer.writerows([position, token, layer, "" if value != value else f"{value:.7g}"]
+                     for layer, row in zip(heatmap.layers, heatmap.values.tolist())  # Python floats: fast to format
+                     for position, (token, value) in enumerate(zip(tokens, row)))
     return out.getvalue()
 
 
@@ -83,7 +81,7 @@ class Renderer:
         )
         sources = [Path(__file__).parent, template_dir()] + ([Path(override_dir)] if override_dir else [])
         # what rendered HTML depends on besides the values and the block: code, templates, BokehJS
-        self.fingerprint = source_hash(*sources) + version("bokeh")
+        self.fingerprint = source_hash(*sources) + installed_version("bokeh")
 
     @property
     def narrative(self):

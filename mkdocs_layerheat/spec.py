@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +97,8 @@ _SITE_KEYS = ("device", "dtype", "device_map", "max_memory", "offload_folder", "
 
 
 def _did_you_mean(word: str, choices) -> str:
+    import difflib  # (only for a bad block: a warm build imports no more than it needs)
+
     close = difflib.get_close_matches(str(word), list(choices), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -266,7 +267,7 @@ def _from_data(data: dict, lines: dict[str, int], docs_dir: str | Path | None) -
     if text is not None and text_file is not None:
         raise SpecError("give either 'text' or 'text_file', not both", lines.get("text_file"))
     if text_file is not None:
-        text = _read_text_file(text_file, docs_dir, lines.get("text_file"))
+        text = read_text_file(text_file, docs_dir, lines.get("text_file"))
     if not text or not text.strip():
         raise SpecError("missing or empty 'text' (or 'text_file')", lines.get("text" if text_file is None else "text_file"))
 
@@ -429,7 +430,7 @@ def _numbers(value: Any, key: str, line: int | None, minimum: int) -> tuple[int,
     return tuple(sorted(set(numbers)))
 
 
-def _read_text_file(name: str, docs_dir: str | Path | None, line: int | None) -> str:
+def read_text_file(name: str, docs_dir: str | Path | None, line: int | None) -> str:
     if docs_dir is None:
         raise SpecError("'text_file' needs a docs directory to resolve against", line)
     root = Path(docs_dir).resolve()

@@ -30,13 +30,15 @@ import logging
 import os
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import subprocess
 
 from .cache import library_versions, source_hash
 
@@ -235,6 +237,8 @@ _ENTRY = ("import importlib, sys; m, f = sys.argv[1].split(':'); "
 
 
 def _spawn(cache_dir: Path, idle: int, entry: str) -> subprocess.Popen:
+    import subprocess  # (only to start a worker: a warm build imports no more than it needs)
+
     directory = worker_dir(cache_dir)
     with open(directory / "log", "wb") as log_file:
         process = subprocess.Popen(

@@ -236,6 +236,17 @@ def test_cache_key_depends_on_library_versions(monkeypatch):
     assert cache_key("fp", "t", "attention") != before
 
 
+@pytest.mark.parametrize("package", ["mkdocs-layerheat", "transformers", "torch", "bokeh", "numpy", "PyYAML"])
+def test_installed_versions_are_those_importlib_metadata_gives(package):
+    from importlib.metadata import version
+
+    assert cache_module.installed_version(package) == version(package)
+
+
+def test_a_package_that_is_not_installed_has_version_none():
+    assert cache_module.installed_version("no-such-distribution-anywhere") == "none"
+
+
 def test_cache_key_field_boundaries_are_unambiguous():
     assert cache_key("a", "bc", "attention") != cache_key("ab", "c", "attention")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -46,6 +47,64 @@ def test_precompute_then_build_is_fully_cached(site):
     build = mkdocs(site)
     assert build.returncode == 0, build.stderr
     assert "2 heatmaps, 2 cached, 0 computed" in build.stderr
+
+
+def site_files(site: Path) -> dict[Path, bytes]:
+    return {p.relative_to(site / "site"): p.read_bytes() for p in (site / "site").rglob("*") if p.is_file()}
+
+
+def test_an_unchanged_page_is_taken_whole_from_the_record_of_its_figures(site):
+    """A build of an unchanged site looks at no block (the plan runs for none: no model line): the pages, downloads
+    and static figures it writes are the first build's, byte for byte, and it still says what the cache held."""
+    assert mkdocs(site).returncode == 0
+    first = site_files(site)
+    build = mkdocs(site)
+    assert build.returncode == 0 and "2 heatmaps, 2 cached, 0 computed" in build.stderr, build.stderr
+    assert "model tiny" not in build.stderr
+    assert site_files(site) == first
+    assert sum(1 for name in first if name.suffix == ".svg" and "figures" in name.parts) == 2
+
+
+def test_a_page_is_drawn_again_when_what_its_figures_came_from_changed(tmp_path, llama_model):
+    """The record of a page holds while its Markdown, its text files, its models and the site's options are those
+    it was drawn from, and the cache holds its entries as they were."""
+    from mkdocs_layerheat.render import template_dir
+
+    model = tmp_path / "model"
+    shutil.copytree(llama_model.path, model)
+    (tmp_path / "site" / "docs").mkdir(parents=True)
+    (tmp_path / "site" / "docs" / "words.txt").write_text("Seven swans swim.")
+    page = PAGE + "\n```layerheat\nmodel: tiny\ntext_file: words.txt\nmetric: attention\n```\n"
+    site = make_site(tmp_path / "site", {"index.md": page}, {"tiny": model})
+    assert mkdocs(site).returncode == 0
+    assert "3 heatmaps, 3 cached, 0 computed" in mkdocs(site).stderr
+
+    (site / "docs" / "words.txt").write_text("Nine geese gather.")
+    build = mkdocs(site)
+    assert "3 heatmaps, 2 cached, 1 computed" in build.stderr, build.stderr
+    texts = ["".join(json.loads(f.read_text())["tokens"]) for f in (site / "site" / "assets/layerheat/data").glob("*.json")]
+    assert any("geese" in text for text in texts) and not any("swans" in text for text in texts), texts
+
+    (model / "NOTES.md").write_text("a file more: another model as far as any cache key knows")
+    assert "3 heatmaps, 0 cached, 3 computed" in mkdocs(site).stderr
+
+    overrides = site / "overrides"
+    overrides.mkdir()
+    (overrides / "heatmap.html").write_text("<!-- overridden -->" + (template_dir() / "heatmap.html").read_text())
+    config = site / "mkdocs.yml"
+    config.write_text(config.read_text().replace("models:", "templates: overrides\n      models:"))
+    build = mkdocs(site)
+    assert "3 heatmaps, 3 cached, 0 computed" in build.stderr and "model tiny" in build.stderr  # planned again
+    assert (site / "site" / "index.html").read_text().count("<!-- overridden -->") == 3
+
+
+def test_a_page_with_a_bad_block_warns_on_every_build(tmp_path, llama_model):
+    site = make_site(tmp_path, {"index.md": PAGE + "\n```layerheat\nmodel: tiny\n```\n"}, {"tiny": llama_model.path})
+    for _ in range(2):
+        build = mkdocs(site)
+        assert build.returncode == 0 and build.stderr.count("WARNING") == 1, build.stderr
+        assert f"docs/index.md:{PAGE.count(chr(10)) + 2}: missing or empty 'text'" in build.stderr
+        assert (site / "site" / "index.html").read_text().count('class="layerheat-item"') == 2
 
 
 def test_cache_handed_to_a_machine_without_the_model(site, tmp_path):

@@ -176,7 +176,8 @@ def plugin(docs):
     config = load_config(str(root / "mkdocs.yml"))
     plugin = config.plugins["layerheat"]
     plugin.on_config(config)
-    page = SimpleNamespace(file=SimpleNamespace(abs_src_path=str(docs / "index.md"), src_uri="index.md"), url="")
+    page = SimpleNamespace(file=SimpleNamespace(abs_src_path=str(docs / "index.md"), src_uri="index.md", url="./"),
+                           url="")
     return lambda markdown: (plugin.on_page_markdown(markdown, page=page, config=config, files=None), plugin)
 
 
