@@ -1031,7 +1031,7 @@ class Reader:
             ends = [self.token(m.group("a"))[:1], self.token(m.group("b"))[:1]]
             self.expect(ends == [[self.edge[0]], [self.edge[-1]]], "edge positions")
         yield (rf"The (?:last|first) (?P<k>\d+) positions, (?P<a>{TOK}) to (?P<b>{TOK}), (?:are seen by|can see only themselves and the tokens before them,) (?P<k2>\d+) or fewer", edge)
-        yield (r"What follows leaves these (\d+) cells out", lambda m: self.expect(int(m.group(1)) == int(self.aside.sum()), f"{int(self.aside.sum())} cells are left out, not {m.group(1)}"))
+        yield (r"What follows leaves out the (\d+) cells (?:this phenomenon explains|these phenomena explain)", lambda m: self.expect(int(m.group(1)) == int(self.aside.sum()), f"{int(self.aside.sum())} cells are left out, not {m.group(1)}"))
         yield (r"^- \*[A-Z][a-z ]+\*(?: \([^)]*\))?: ", lambda m: None, re.M)
 
     def _claims_settling(self):
