@@ -46,12 +46,11 @@ class Drawing:
 
 class Records:
     """The records of one build's pages, each read and checked once. `context`: a hash of everything the figures
-    depend on besides their pages (the site's options, the code, templates and libraries); `fingerprint(model)`:
+    depend on besides their pages (the site's options, the code, templates and libraries); `identify(model)`:
     a model's fingerprint now (None: it is not known)."""
 
-    def __init__(self, cache: Cache, docs_dir: Path | None, context: str,
-                 fingerprint: Callable[[str], str | None]):
-        self.cache, self.docs_dir, self.context, self.identify = cache, docs_dir, context, fingerprint
+    def __init__(self, cache: Cache, docs_dir: Path | None, context: str, identify: Callable[[str], str | None]):
+        self.cache, self.docs_dir, self.context, self.identify = cache, docs_dir, context, identify
         self.fingerprints: dict[str, str | None] = {}  # model -> its fingerprint now
         self.checked: dict[tuple[str, str], list[Drawing] | None] = {}  # (record, Markdown) -> its drawings
         self.listings: dict[str, frozenset[str]] = {}  # folder of the cache -> its files
@@ -92,6 +91,8 @@ class Records:
         return sha(repr((self.context, page.path, page.url)))[:32]
 
     def _check(self, found: tuple[dict, list[str]] | None, digest: str, linked: bool) -> list[Drawing] | None:
+        """A record read from the cache, if it is of the Markdown with this `digest` and still holds (`linked`:
+        the page links to its downloads and static figures, which must be there too)."""
         if found is None:
             return None
         record, html = found
