@@ -821,7 +821,7 @@ class Reader:
             best = max(self.contrast[self.peak_row(x), x] for x in range(self.n_tokens)
                        if self.kept[x] and x not in skip and self.valid[:, x].any() and self.stands[self.peak_row(x), x])
             self.expect(self.contrast[self.row(m.group(3)), t] >= best - 1e-9, f"{m.group(2)} is not the token that stands out most")
-        yield (rf"(Apart from the anomalies, the|The) token that stands out most is ({TOK}), at layer (\d+)()()\.", most)
+        yield (rf"(Apart from the anomalies|Of all tokens), ({TOK}) stands out most, at layer (\d+)()()\.", most)
 
         def run_lead(m):
             (t,) = self.token(m.group(1))[:1] or [0]

@@ -173,7 +173,9 @@ def test_summary_claims_match_the_difference():
     assert "The texts differ at position 2: `t2` → `changed`." in text
     assert f"most at layers {d.band[0]}–{d.band[1]}, by {d.band[2]:.2f} on average" in text
     assert f"the largest difference in one cell is {d.largest:.2f}" in text
-    assert f"`t5` (by {d.tokens[0].mean_abs:.2f} on average, +{d.tokens[0].peak:.2f} at layer {d.tokens[0].peak_layer})" in text
+    (t,) = d.tokens  # one token stands out: named in apposition (never "is `is`")
+    assert f"The token that changes most, `t5`, differs by {t.mean_abs:.2f} on average and by +{t.peak:.2f} at " \
+           f"layer {t.peak_layer}." in text
     percents = [int(p) for p in re.findall(r"(\d+)% of the cells and lower in (\d+)%", text)[0]]
     assert percents == [round(100 * d.higher_share), round(100 * d.lower_share)]
     _, same = summary_of(a, a)
